@@ -1,0 +1,296 @@
+"""Typed, validated pipeline parameters read from params.yaml.
+
+params.yaml is read with a YAML 1.2 loader, because `dvc exp run -S siamese.lr=1e-5`
+writes `lr: 1e-05`, which YAML 1.1 loaders (PyYAML) read as a string. Numbers given as
+strings are still coerced, so a value edited by another tool reaches the optimizer as a
+float. Every problem found (unknown key, missing key, wrong type, value out of range) is
+collected and raised together in one `ParamsError` before any stage does work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+DEFAULT_PATH = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """One or more invalid parameters; the message lists each key, value and what is allowed."""
+
+
+def _spec(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    choices: tuple[Any, ...] | None = None,
+    default: Any = dataclasses.MISSING,
+) -> Any:
+    metadata = {"low": low, "high": high, "low_open": low_open, "choices": choices}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    """Settings shared by every stage."""
+
+    seed: int = _spec(0)
+    image_size: int = _spec(32)
+    # DataLoader worker processes; 0 loads images in the main process, -1 uses one per CPU.
+    num_workers: int = _spec(-1)
+    # torch intra-op threads; 0 keeps torch's default (one per CPU).
+    threads: int = _spec(0)
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    """Where the GLDv2 mirror is and which parts of it to fetch."""
+
+    base_url: str
+    # A count N (shards 000 .. N-1) or an explicit list of shard numbers.
+    train_shards: int | list[int]
+    test_shards: int | list[int]
+    index_shards: int | list[int]
+    metadata: list[str]
+    workers: int = _spec(1)
+    retries: int = _spec(0)
+    backoff_seconds: float = _spec(0.0)
+    timeout_seconds: float = _spec(0.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class FilterParams:
+    """Which landmark classes are kept for training and as the retrieval index."""
+
+    min_images: int = _spec(2)
+    # 0 keeps every class; N > 0 keeps the N classes with the most images (quick runs).
+    max_classes: int = _spec(0)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """Train/validation splits and the test subset."""
+
+    val_fraction: float = _spec(0.0, 1.0, low_open=True)
+    gate_val_fraction: float = _spec(0.0, 1.0, low_open=True)
+    test_fraction: float = _spec(0.0, 1.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Training augmentation shared by both networks."""
+
+    brightness: float = _spec(0.0, 1.0)
+    contrast: float = _spec(0.0, 1.0)
+    hflip: float = _spec(0.0, 1.0)
+    # Zoom-in: a random square crop covering this fraction of the image area, or more.
+    min_crop_area: float = _spec(0.0, 1.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Landmark-present classifier."""
+
+    backbone: str
+    weights: str
+    pooling: str = _spec(choices=("avg", "max"))
+    frozen_blocks: int = _spec(0)
+    lr: float = _spec(0.0, low_open=True)
+    batch_size: int = _spec(1)
+    epochs: int = _spec(1)
+    # Probability at or above which a query counts as showing a landmark.
+    threshold: float = _spec(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SiameseParams:
+    """Embedding network with its pair head."""
+
+    backbone: str
+    weights: str
+    pooling: str = _spec(choices=("avg", "max"))
+    frozen_blocks: int = _spec(0)
+    dim: int = _spec(1)
+    lr: float = _spec(0.0, low_open=True)
+    # Contrastive-loss margin on the distance 1 - similarity.
+    margin: float = _spec(0.0, low_open=True)
+    # Classes per batch; each class gives one positive and one negative pair.
+    batch_classes: int = _spec(1)
+    epochs: int = _spec(1)
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    """Inference over the index and test images."""
+
+    batch_size: int = _spec(1)
+
+
+@dataclass(frozen=True)
+class RetrievalParams:
+    """Nearest-neighbour search, query expansion and labelling."""
+
+    top_k: int = _spec(1)
+    query_expansion: str = _spec(choices=("none", "average"))
+    # Pair-head similarity at or above which a neighbour's class becomes a label.
+    threshold: float = _spec(0.0, 1.0)
+    use_gate: bool = _spec(default=True)
+
+
+@dataclass(frozen=True)
+class Params:
+    """All sections of params.yaml."""
+
+    base: BaseParams
+    download: DownloadParams
+    filter: FilterParams
+    split: SplitParams
+    augment: AugmentParams
+    gate: GateParams
+    siamese: SiameseParams
+    embed: EmbedParams
+    retrieval: RetrievalParams
+
+
+def load_params(path: str | os.PathLike[str] = DEFAULT_PATH) -> Params:
+    """Read and validate params.yaml; raise `ParamsError` listing every problem."""
+    file = Path(path)
+    if not file.is_file():
+        raise ParamsError(f"params file not found: {file}; run from the project root")
+    raw = YAML(typ="safe", pure=True).load(file.read_text())
+    return parse_params(raw, source=str(file))
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate a params mapping (as loaded from YAML) into a `Params` object."""
+    errors: list[str] = []
+    params = _build(Params, raw, "", errors)
+    if errors:
+        listing = "\n  ".join(errors)
+        raise ParamsError(f"invalid parameters in {source}:\n  {listing}")
+    assert isinstance(params, Params)  # _build returns None only when errors were recorded
+    return params
+
+
+def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        errors.append(f"{where}: expected a mapping, got {raw!r}")
+        return None
+
+    hints = typing.get_type_hints(cls)
+    fields = {item.name: item for item in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            errors.append(
+                f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(fields))})"
+            )
+
+    values: dict[str, Any] = {}
+    for name, item in fields.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            if item.default is not dataclasses.MISSING:
+                values[name] = item.default
+            else:
+                errors.append(f"{key}: missing")
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(typing.cast(type, hint), raw[name], key + ".", errors)
+        else:
+            values[name] = _coerce(key, raw[name], hint, item.metadata, errors)
+
+    if len(values) != len(fields) or any(value is None for value in values.values()):
+        return None
+    return cls(**values)
+
+
+def _coerce(key: str, value: Any, hint: Any, spec: Any, errors: list[str]) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        converted = _convert(value, option)
+        if converted is not None:
+            break
+    else:
+        names = " or ".join(_type_name(option) for option in options)
+        errors.append(f"{key}: expected {names}, got {value!r}")
+        return None
+
+    problem = _check_range(converted, spec)
+    if problem:
+        errors.append(f"{key}: {problem}, got {value!r}")
+        return None
+    return converted
+
+
+def _convert(value: Any, target: Any) -> Any:
+    """Return `value` as `target`, or None when it cannot be read as that type."""
+    origin = typing.get_origin(target)
+    if origin is list:
+        (item_type,) = typing.get_args(target)
+        if not isinstance(value, list):
+            return None
+        items = [_convert(item, item_type) for item in value]
+        return None if any(item is None for item in items) else items
+    if target is bool:
+        return value if isinstance(value, bool) else None
+    if target is int:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        return None
+    if target is float:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return None
+        else:
+            return None
+        return number if math.isfinite(number) else None
+    if target is str:
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _check_range(value: Any, spec: Any) -> str | None:
+    choices = spec.get("choices")
+    if choices is not None and value not in choices:
+        return f"must be one of {', '.join(map(str, choices))}"
+    numbers = value if isinstance(value, list) else [value]
+    if not all(isinstance(number, int | float) for number in numbers):
+        return None
+    low, high = spec.get("low"), spec.get("high")
+    for number in numbers:
+        if low is not None and spec.get("low_open") and number <= low:
+            return f"must be > {low}"
+        if low is not None and number < low:
+            return f"must be >= {low}"
+        if high is not None and number > high:
+            return f"must be <= {high}"
+    return None
+
+
+def _type_name(target: Any) -> str:
+    if typing.get_origin(target) is list:
+        return f"a list of {_type_name(typing.get_args(target)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        target, str(target)
+    )

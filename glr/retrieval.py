@@ -1,0 +1,151 @@
+"""Nearest-neighbour search with faiss, query expansion and labels from the pair head.
+
+Descriptors here are the Siamese net's raw embeddings, compared by L2 distance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+
+from glr.io import write_csv
+from glr.models import PairHead
+
+log = logging.getLogger(__name__)
+
+Prediction = tuple[int, float] | None
+QUERY_CHUNK = 1024
+
+
+def as_descriptors(array: np.ndarray, name: str) -> np.ndarray:
+    """Return `array` as a C-contiguous float32 (N, D) matrix, as faiss requires."""
+    matrix = np.asarray(array)
+    if matrix.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, D) array, got shape {matrix.shape}")
+    return np.ascontiguousarray(matrix, dtype=np.float32)
+
+
+def search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Find each query's `k` nearest database rows by exact L2 distance.
+
+    Returns (squared distances, row ids), both (Q, min(k, N)), nearest first. Ties keep
+    faiss's order. With an empty database or no queries the arrays have 0 columns or rows.
+    """
+    database = as_descriptors(database, "database")
+    queries = as_descriptors(queries, "queries")
+    if database.shape[1] != queries.shape[1]:
+        raise ValueError(
+            f"queries have dimension {queries.shape[1]} but the database has {database.shape[1]}"
+        )
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+    k = min(k, len(database))
+    if k == 0 or len(queries) == 0:
+        empty = np.zeros((len(queries), 0))
+        return empty.astype(np.float32), empty.astype(np.int64)
+
+    index = faiss.IndexFlatL2(database.shape[1])
+    index.add(database)
+    distances, ids = index.search(queries, int(k))
+    return distances, ids
+
+
+def average_query_expansion(
+    queries: np.ndarray, database: np.ndarray, neighbours: np.ndarray
+) -> np.ndarray:
+    """Replace each query by the mean of its neighbours' descriptors (average QE).
+
+    `neighbours` is (Q, k) database row ids; ids of -1 (missing neighbours) are skipped,
+    and a query with no neighbour at all stays as it is.
+    """
+    queries = as_descriptors(queries, "queries")
+    database = as_descriptors(database, "database")
+    expanded = queries.copy()
+    for row, ids in enumerate(neighbours):
+        valid = ids[ids >= 0]
+        if len(valid):
+            expanded[row] = database[valid].mean(axis=0)
+    return expanded
+
+
+def pair_similarities(
+    head: PairHead, queries: np.ndarray, database: np.ndarray, neighbours: np.ndarray
+) -> np.ndarray:
+    """Pair-head similarity in [0, 1] between each query and each of its neighbours: (Q, k)."""
+    similarities = np.zeros(neighbours.shape, dtype=np.float32)
+    database_tensor = torch.from_numpy(as_descriptors(database, "database"))
+    with torch.no_grad():
+        for start in range(0, len(queries), QUERY_CHUNK):
+            stop = start + QUERY_CHUNK
+            query = torch.from_numpy(as_descriptors(queries[start:stop], "queries"))
+            ids = torch.from_numpy(np.asarray(neighbours[start:stop], dtype=np.int64))
+            logits = head(query[:, None, :], database_tensor[ids.clamp(min=0)])
+            similarities[start:stop] = torch.sigmoid(logits).numpy()
+    similarities[neighbours < 0] = 0.0
+    return similarities
+
+
+def label_by_threshold(
+    similarities: np.ndarray, labels: np.ndarray, threshold: float
+) -> list[Prediction]:
+    """Predict, per query, the class of its most similar neighbour if that similarity >= threshold.
+
+    `similarities` and `labels` are (Q, k). The confidence is the best similarity, so every
+    class at or above the threshold is a candidate and the best one is reported (a
+    submission row holds one landmark). A query with no neighbour at the threshold gets None.
+    """
+    predictions: list[Prediction] = []
+    for scores, classes in zip(similarities, labels, strict=True):
+        if len(scores) == 0 or scores.max() < threshold:
+            predictions.append(None)
+            continue
+        best = int(np.argmax(scores))
+        predictions.append((int(classes[best]), float(scores[best])))
+    return predictions
+
+
+@dataclass
+class RetrievalResult:
+    """Predictions for every query, with the neighbours before and after query expansion."""
+
+    predictions: list[Prediction]
+    neighbours: np.ndarray
+    expanded_neighbours: np.ndarray
+
+
+def recognise(
+    queries: np.ndarray,
+    database: np.ndarray,
+    database_labels: np.ndarray,
+    head: PairHead,
+    *,
+    top_k: int,
+    query_expansion: str,
+    threshold: float,
+) -> RetrievalResult:
+    """Retrieve the top-k neighbours, optionally expand the queries, and label by threshold."""
+    _, neighbours = search(database, queries, top_k)
+    expanded_neighbours = neighbours
+    if query_expansion == "average":
+        expanded = average_query_expansion(queries, database, neighbours)
+        _, expanded_neighbours = search(database, expanded, top_k)
+    elif query_expansion != "none":
+        raise ValueError(f"query_expansion must be 'none' or 'average', got {query_expansion!r}")
+
+    similarities = pair_similarities(head, queries, database, expanded_neighbours)
+    labels = np.asarray(database_labels)[expanded_neighbours.clip(min=0)]
+    predictions = label_by_threshold(similarities, labels, threshold)
+    return RetrievalResult(predictions, neighbours, expanded_neighbours)
+
+
+def write_submission(path: str, ids: Sequence[str], predictions: Sequence[Prediction]) -> None:
+    """Write a Kaggle-format submission: `id,landmarks` with "<landmark_id> <score>" or empty."""
+    cells = ["" if p is None else f"{p[0]} {p[1]:.9g}" for p in predictions]
+    write_csv(path, pd.DataFrame({"id": list(ids), "landmarks": cells}))

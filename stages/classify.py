@@ -1,0 +1,55 @@
+"""Stage classify: the gate's landmark-present probability for every test query."""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from glr.data import image_path, read_csv_columns
+from glr.inference import map_images
+from glr.io import write_csv, write_json
+from glr.models import load_gate
+from glr.runtime import resolve_workers, start_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="trained gate model")
+    parser.add_argument("--split", type=Path, required=True, help="split stage output folder")
+    parser.add_argument("--images", type=Path, required=True, help="test image folder")
+    parser.add_argument("--out", type=Path, required=True, help="output CSV")
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
+    args = parser.parse_args()
+    params = start_stage("classify")
+    model, config = load_gate(args.model)
+
+    queries = read_csv_columns(args.split / "queries.csv", ["id"])
+    started = time.perf_counter()
+    probabilities = map_images(
+        lambda images: torch.sigmoid(model(images)),
+        [image_path(args.images, image_id) for image_id in queries["id"]],
+        image_size=int(str(config["image_size"])),
+        mean=config["mean"],  # type: ignore[arg-type]
+        std=config["std"],  # type: ignore[arg-type]
+        batch_size=params.embed.batch_size,
+        workers=resolve_workers(params.base.num_workers),
+        desc="gate",
+    )
+    seconds = time.perf_counter() - started
+
+    queries["probability"] = probabilities
+    queries["landmark"] = probabilities >= params.gate.threshold
+    write_csv(args.out, queries)
+    write_json(
+        args.metrics,
+        {
+            "queries": len(queries),
+            "queries_passed": int(queries["landmark"].sum()),
+            "seconds": seconds,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Stage train_gate: train the landmark-present classifier."""
+
+import argparse
+from pathlib import Path
+
+from glr.data import image_path, read_csv_columns
+from glr.images import ImageDataset, eval_transform, train_transform
+from glr.io import write_json
+from glr.models import GateNet, count_parameters, save_model
+from glr.runtime import resolve_workers, start_stage
+from glr.tracking import EpochLogger
+from glr.training import train_gate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", type=Path, required=True, help="split stage output folder")
+    parser.add_argument("--images", type=Path, required=True, help="train image folder")
+    parser.add_argument("--model", type=Path, required=True, help="output model file")
+    parser.add_argument("--live", type=Path, required=True, help="dvclive folder")
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
+    args = parser.parse_args()
+    params = start_stage("train_gate")
+    gate, size = params.gate, params.base.image_size
+
+    model = GateNet(gate.backbone, gate.weights, gate.pooling, gate.frozen_blocks)
+    total, trainable = count_parameters(model)
+
+    datasets = []
+    for name, transform in [
+        ("gate_train", train_transform(size, model.backbone.mean, model.backbone.std,
+                                       params.augment)),
+        ("gate_val", eval_transform(size, model.backbone.mean, model.backbone.std)),
+    ]:
+        frame = read_csv_columns(args.split / f"{name}.csv", ["id", "label"])
+        paths = [image_path(args.images, image_id) for image_id in frame["id"]]
+        datasets.append(ImageDataset(paths, frame["label"].astype(float).tolist(), size,
+                                     transform))
+
+    logger = EpochLogger(args.live)
+    final = train_gate(
+        model,
+        datasets[0],
+        datasets[1],
+        epochs=gate.epochs,
+        lr=gate.lr,
+        batch_size=gate.batch_size,
+        workers=resolve_workers(params.base.num_workers),
+        seed=params.base.seed,
+        on_epoch=logger,
+    )
+    logger.close()
+
+    config = {
+        "backbone": gate.backbone,
+        "pooling": gate.pooling,
+        "image_size": size,
+        "mean": list(model.backbone.mean),
+        "std": list(model.backbone.std),
+    }
+    save_model(args.model, model, config)
+    write_json(
+        args.metrics,
+        {"parameters_total": total, "parameters_trainable": trainable, **final},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Stage train_siamese: train the embedding network and its pair head."""
+
+import argparse
+from pathlib import Path
+
+from glr.data import image_path, read_csv_columns
+from glr.images import eval_transform, train_transform
+from glr.io import write_json
+from glr.models import SiameseNet, count_parameters, save_model
+from glr.runtime import resolve_workers, start_stage
+from glr.tracking import EpochLogger
+from glr.training import train_siamese
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", type=Path, required=True, help="split stage output folder")
+    parser.add_argument("--images", type=Path, required=True, help="train image folder")
+    parser.add_argument("--model", type=Path, required=True, help="output model file")
+    parser.add_argument("--live", type=Path, required=True, help="dvclive folder")
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
+    args = parser.parse_args()
+    params = start_stage("train_siamese")
+    siamese, size = params.siamese, params.base.image_size
+
+    model = SiameseNet(
+        siamese.backbone, siamese.weights, siamese.pooling, siamese.frozen_blocks, siamese.dim
+    )
+    total, trainable = count_parameters(model)
+    mean, std = model.backbone.mean, model.backbone.std
+
+    train = read_csv_columns(args.split / "siamese_train.csv", ["id", "landmark_id"])
+    val = read_csv_columns(args.split / "siamese_val.csv", ["id", "landmark_id"])
+
+    logger = EpochLogger(args.live)
+    final = train_siamese(
+        model,
+        [image_path(args.images, image_id) for image_id in train["id"]],
+        train["landmark_id"].astype("int64").to_numpy(),
+        [image_path(args.images, image_id) for image_id in val["id"]],
+        val["landmark_id"].astype("int64").to_numpy(),
+        train_transform=train_transform(size, mean, std, params.augment),
+        eval_transform=eval_transform(size, mean, std),
+        image_size=size,
+        epochs=siamese.epochs,
+        lr=siamese.lr,
+        margin=siamese.margin,
+        batch_classes=siamese.batch_classes,
+        workers=resolve_workers(params.base.num_workers),
+        seed=params.base.seed,
+        on_epoch=logger,
+    )
+    logger.close()
+
+    config = {
+        "backbone": siamese.backbone,
+        "pooling": siamese.pooling,
+        "dim": siamese.dim,
+        "image_size": size,
+        "mean": list(mean),
+        "std": list(std),
+    }
+    save_model(args.model, model, config)
+    write_json(
+        args.metrics,
+        {"parameters_total": total, "parameters_trainable": trainable, **final},
+    )
+
+
+if __name__ == "__main__":
+    main()
