@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import tarfile
 import tempfile
 import threading
@@ -103,7 +104,7 @@ class ArchiveError(RuntimeError):
 
 
 class MetadataError(ValueError):
-    """A metadata CSV file is malformed: a missing column or an invalid value."""
+    """A metadata CSV file has a missing column or an invalid value."""
 
 
 # --------------------------------------------------------------------------- shard specs
@@ -116,7 +117,7 @@ def parse_shards(spec: object, split: str) -> list[int]:
     Raises ValueError that names the parameter, the value and the allowed forms.
     """
     if split not in SHARD_COUNTS:
-        raise ValueError(f"Unknown split {split!r}; expected one of {', '.join(SPLITS)}.")
+        raise ValueError(f"Unknown split {split!r}. Expected one of {', '.join(SPLITS)}.")
     param = f"download.{split}_shards"
     count = SHARD_COUNTS[split]
     allowed = (
@@ -157,7 +158,10 @@ def shard_name(shard: int) -> str:
 
 
 class _RetryableError(Exception):
-    """A failure that another attempt may fix. `final_error` builds what the caller sees."""
+    """A failure that another attempt may fix.
+
+    `final_error` returns the exception raised after the last attempt.
+    """
 
     def final_error(self, attempts: int) -> Exception:
         raise NotImplementedError
@@ -193,10 +197,10 @@ class RemoteFile:
     url: str
 
     def read(self, size: int = _CHUNK_BYTES) -> bytes:
-        """Read up to `size` bytes; a dropped connection raises _TransientError."""
+        """Read up to `size` bytes. A dropped connection or a timeout raises _TransientError."""
         try:
             return self.stream.read(size)
-        except (http.client.HTTPException, ConnectionError, TimeoutError) as error:
+        except (http.client.HTTPException, ConnectionError, TimeoutError, ssl.SSLError) as error:
             raise _TransientError(self.url, error) from error
 
     def __enter__(self) -> RemoteFile:
@@ -250,14 +254,13 @@ class Mirror:
         """Open a mirror file, asking for the bytes from `offset` on.
 
         The returned `start` is `offset` when the source honoured it and 0 when it
-        sends the whole file again (an HTTP 200 answer to a Range request).
+        sends the whole file again (an HTTP 200 response to a Range request).
         """
         if self.root is not None:
-            return self._open_local(relative, offset)
+            return self._open_local(self.root / relative, offset)
         return self._open_http(relative, offset)
 
-    def _open_local(self, relative: str, offset: int) -> RemoteFile:
-        path = self.root / relative if self.root is not None else Path(relative)
+    def _open_local(self, path: Path, offset: int) -> RemoteFile:
         try:
             # The returned RemoteFile owns the handle and closes it.
             handle = open(path, "rb")  # noqa: SIM115
@@ -282,7 +285,7 @@ class Mirror:
         except urllib.error.HTTPError as error:
             error.close()
             if error.code == 416 and offset > 0:
-                # The partial file is not shorter than the remote one, so it cannot be a prefix.
+                # The partial file is at least as long as the remote one, so start over.
                 return self._open_http(relative, 0)
             raise _http_error(url, error, self.base) from error
         except urllib.error.URLError as error:
@@ -294,7 +297,9 @@ class Mirror:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
             if match is None or int(match.group(1)) != offset:
                 response.close()
-                logger.warning("%s: unusable Content-Range in 206 response; starting over", url)
+                logger.warning(
+                    "%s: invalid Content-Range in a 206 response, downloading from the start", url
+                )
                 return self._open_http(relative, 0)
             total = None if match.group(3) == "*" else int(match.group(3))
             return RemoteFile(stream=response, start=offset, size=total, url=url)
@@ -302,7 +307,7 @@ class Mirror:
         length = response.headers.get("Content-Length")
         size = int(length) if length is not None and length.isdigit() else None
         if offset > 0:
-            logger.info("%s: server ignored the Range request; downloading from the start", url)
+            logger.info("%s: the server ignored the Range request, downloading from the start", url)
         return RemoteFile(stream=response, start=0, size=size, url=url)
 
 
@@ -319,9 +324,10 @@ def _http_error(url: str, error: urllib.error.HTTPError, base: str) -> Exception
 def _connection_error(url: str, reason: object, base: str) -> Exception:
     if isinstance(reason, TimeoutError | ConnectionResetError | ConnectionAbortedError):
         return _TransientError(url, reason)
+    host = urllib.parse.urlsplit(url).netloc
     return DownloadError(
-        f"Failed to connect for {url}: {reason}. Check the base URL ({base}) and the "
-        "network connection."
+        f"Failed to connect to {host} for {url}: {reason}. Check the base URL ({base}) "
+        "and the network connection."
     )
 
 
@@ -330,13 +336,13 @@ def _connection_error(url: str, reason: object, base: str) -> Exception:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently a failed file is fetched again."""
+    """Number of retries and the backoff between them for a file that failed to download."""
 
     retries: int = 3
     backoff_seconds: float = 1.0
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based): exponential."""
+        """Return the backoff in seconds after failed attempt `attempt` (1-based)."""
         return float(self.backoff_seconds * 2 ** (attempt - 1))
 
 
@@ -353,7 +359,7 @@ def _call_with_retries(
                 raise error.final_error(attempt) from error
             delay = policy.delay(attempt)
             logger.warning(
-                "%s: %s (attempt %d of %d); retrying in %.2f s",
+                "%s: %s (attempt %d of %d), retrying in %.2f s",
                 label,
                 error,
                 attempt,
@@ -388,11 +394,18 @@ def _stream_to_file(
     the file from the start instead, `destination` is truncated first.
     """
     offset = destination.stat().st_size if destination.exists() else 0
+    # The partial file is hashed before the request, so that hashing a large
+    # prefix does not leave the connection idle.
+    prefix_hasher = hashlib.md5(usedforsecurity=False)
+    if offset > 0:
+        _hash_file(destination, prefix_hasher)
+
     with mirror.open(relative, offset) as remote:
-        hasher = hashlib.md5(usedforsecurity=False)
         if remote.start > 0:
             logger.info("%s: resuming at byte %d", label, remote.start)
-            _hash_file(destination, hasher)
+            hasher = prefix_hasher
+        else:
+            hasher = hashlib.md5(usedforsecurity=False)
         mode = "ab" if remote.start > 0 else "wb"
         with (
             open(destination, mode) as output,
@@ -516,7 +529,7 @@ def _cached_shard_is_valid(archive: Path, marker: Path, expected_md5: str) -> bo
         write_json(marker, {"md5": actual, "size": size})
         return True
     logger.warning(
-        "Cached shard %s has md5 %s but the mirror expects %s; downloading it again",
+        "Cached shard %s has md5 %s but the mirror expects %s, so it is downloaded again",
         archive,
         actual,
         expected_md5,
@@ -852,7 +865,7 @@ def download_gldv2(
         )
         for split, list_name in SPLIT_LISTS.items():
             if name == list_name and frame is not None:
-                listed_ids[split] = frame["id"]
+                listed_ids[split] = frame["id"].copy()
     _fetch_metadata(
         mirror,
         f"ground_truth/{GROUND_TRUTH_FILE}",
@@ -925,11 +938,10 @@ def _process_shards(
         errors = [future.exception() for future in futures if future.done()]
         first_error = next((error for error in errors if error is not None), None)
         if first_error is not None:
-            cancel.set()
-            executor.shutdown(wait=True, cancel_futures=True)
             raise first_error
         return [future.result() for future in futures]
     finally:
+        # Stops the running workers at their next chunk and drops the queued ones.
         cancel.set()
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -956,7 +968,7 @@ def _count_results(
         if listed is not None:
             split_counts["images_not_downloaded"] = int((~listed.isin(extracted)).sum())
             split_counts["images_not_listed"] = int((~extracted.isin(listed)).sum())
-        else:
+        elif split_results:
             logger.info(
                 "%s: %s is not among the metadata files, so listed images are not counted",
                 split,

@@ -32,8 +32,9 @@ def map_images(
 
     Returns an array whose first axis follows `paths`; an empty `paths` gives shape (0,).
     """
-    dataset = ImageDataset(paths, [0.0] * len(paths), image_size,
-                           eval_transform(image_size, mean, std))
+    dataset = ImageDataset(
+        paths, [0.0] * len(paths), image_size, eval_transform(image_size, mean, std)
+    )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     started = time.perf_counter()
     outputs: list[np.ndarray] = []
@@ -41,8 +42,13 @@ def map_images(
         for images, _ in tqdm(loader, desc=desc, leave=False):
             outputs.append(function(images).float().numpy())
     elapsed = time.perf_counter() - started
-    log.info("%s: %d images in %.1f s (%.1f images/s)", desc, len(paths), elapsed,
-             len(paths) / elapsed if elapsed > 0 else 0.0)
+    log.info(
+        "%s: %d images in %.1f s (%.1f images/s)",
+        desc,
+        len(paths),
+        elapsed,
+        len(paths) / elapsed if elapsed > 0 else 0.0,
+    )
     if not outputs:
         return np.zeros((0,), dtype=np.float32)
     return np.ascontiguousarray(np.concatenate(outputs), dtype=np.float32)

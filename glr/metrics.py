@@ -473,9 +473,9 @@ def score_submission(
 ) -> dict[str, float | int]:
     """Read a submission and a solution file and compute the recognition metrics.
 
-    Only queries whose Usage is in ``usages`` are scored, and with ``query_ids`` only
-    those of them that are in it (the test subset that was actually queried). The result has the keys
-    ``gap``, ``gap_ignore_non_landmarks``, ``precision``, ``recall`` (see
+    Only queries whose Usage is in ``usages`` are scored and, when ``query_ids`` is
+    given, only those among them (the test subset that was queried). The result has the
+    keys ``gap``, ``gap_ignore_non_landmarks``, ``precision``, ``recall`` (see
     ``global_average_precision`` and ``precision_recall``), ``num_queries``,
     ``num_landmark_queries`` (M) and ``num_predictions`` (non-empty predictions on
     scored queries).
@@ -489,7 +489,7 @@ def score_submission(
     predictions = read_submission(submission_path, known_ids=solution.landmarks)
     ground_truth = select_usage(solution, usages)
     if query_ids is not None:
-        ground_truth = restrict_to_ground_truth(ground_truth, set(query_ids))
+        ground_truth = restrict_to_ground_truth(ground_truth, dict.fromkeys(query_ids))
     scored = restrict_to_ground_truth(predictions, ground_truth)
 
     precision, recall = precision_recall(scored, ground_truth)

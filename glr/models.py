@@ -11,6 +11,7 @@ import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -103,7 +104,8 @@ def _create_from_hub(name: str) -> nn.Module:
         # of waiting for the hub client's connection retries.
         import huggingface_hub
 
-        repo_id = timm.create_model(name, pretrained=False).pretrained_cfg.get("hf_hub_id")
+        architecture: Any = timm.create_model(name, pretrained=False)
+        repo_id = architecture.pretrained_cfg.get("hf_hub_id")
         for filename in ("model.safetensors", "pytorch_model.bin"):
             cached = huggingface_hub.try_to_load_from_cache(repo_id, filename) if repo_id else None
             if isinstance(cached, str):
@@ -129,12 +131,12 @@ class Backbone(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
-        classifier = create_classifier(name, weights)
-        self.mean = tuple(classifier.pretrained_cfg["mean"])
-        self.std = tuple(classifier.pretrained_cfg["std"])
+        classifier: Any = create_classifier(name, weights)
+        self.mean: tuple[float, ...] = tuple(classifier.pretrained_cfg["mean"])
+        self.std: tuple[float, ...] = tuple(classifier.pretrained_cfg["std"])
         classifier.reset_classifier(0, global_pool=pooling)
         self.body = classifier
-        self.num_features: int = classifier.num_features
+        self.num_features: int = int(classifier.num_features)
         self.frozen = _freeze_stages(classifier, frozen_blocks)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -212,9 +214,7 @@ class PairHead(nn.Module):
 class SiameseNet(nn.Module):
     """Embedding network (backbone, then a linear layer to `dim`) and its pair head."""
 
-    def __init__(
-        self, name: str, weights: str, pooling: str, frozen_blocks: int, dim: int
-    ) -> None:
+    def __init__(self, name: str, weights: str, pooling: str, frozen_blocks: int, dim: int) -> None:
         super().__init__()
         self.backbone = Backbone(name, weights, pooling, frozen_blocks)
         self.embedding = nn.Linear(self.backbone.num_features, dim)

@@ -191,9 +191,7 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
     fields = {item.name: item for item in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            errors.append(
-                f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(fields))})"
-            )
+            errors.append(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(fields))})")
 
     values: dict[str, Any] = {}
     for name, item in fields.items():

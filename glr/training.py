@@ -101,8 +101,13 @@ def train_gate(
                 val.update(criterion(logits, targets), correct, len(targets))
 
         metrics = {**train.result(""), **val.result("val_")}
-        log.info("gate epoch %d/%d: %s (%.1f s)", epoch + 1, epochs, _fmt(metrics),
-                 time.perf_counter() - started)
+        log.info(
+            "gate epoch %d/%d: %s (%.1f s)",
+            epoch + 1,
+            epochs,
+            _fmt(metrics),
+            time.perf_counter() - started,
+        )
         if on_epoch:
             on_epoch(epoch, metrics)
     return metrics
@@ -156,7 +161,8 @@ def train_siamese(
         # One loader batch per group of classes, in the order they were sampled.
         boundaries = np.cumsum([0] + [len(batch) for batch in batches])
         batch_sampler = [
-            list(range(start, stop)) for start, stop in zip(boundaries[:-1], boundaries[1:])
+            list(range(start, stop))
+            for start, stop in zip(boundaries[:-1], boundaries[1:], strict=True)
         ]
         train_loader = DataLoader(
             train_set,
@@ -187,8 +193,13 @@ def train_siamese(
                 val.update(contrastive_loss(similarity, targets, margin), correct, len(targets))
 
         metrics = {**train.result(""), **val.result("val_")}
-        log.info("siamese epoch %d/%d: %s (%.1f s)", epoch + 1, epochs, _fmt(metrics),
-                 time.perf_counter() - started)
+        log.info(
+            "siamese epoch %d/%d: %s (%.1f s)",
+            epoch + 1,
+            epochs,
+            _fmt(metrics),
+            time.perf_counter() - started,
+        )
         if on_epoch:
             on_epoch(epoch, metrics)
     return metrics

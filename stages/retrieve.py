@@ -31,7 +31,7 @@ def main() -> None:
     query_embeddings = np.load(args.embeddings / "queries.npy")
 
     gate = read_csv_columns(args.gate, ["id", "landmark"])
-    passed = queries["id"].map(dict(zip(gate["id"], gate["landmark"] == "True")))
+    passed = queries["id"].map(dict(zip(gate["id"], gate["landmark"] == "True", strict=True)))
     selected = passed.to_numpy(dtype=bool) if retrieval.use_gate else np.ones(len(queries), bool)
 
     started = time.perf_counter()

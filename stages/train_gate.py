@@ -1,6 +1,7 @@
 """Stage train_gate: train the landmark-present classifier."""
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from glr.data import image_path, read_csv_columns
@@ -28,17 +29,18 @@ def main() -> None:
 
     datasets = []
     for name, transform in [
-        ("gate_train", train_transform(size, model.backbone.mean, model.backbone.std,
-                                       params.augment)),
+        (
+            "gate_train",
+            train_transform(size, model.backbone.mean, model.backbone.std, params.augment),
+        ),
         ("gate_val", eval_transform(size, model.backbone.mean, model.backbone.std)),
     ]:
         frame = read_csv_columns(args.split / f"{name}.csv", ["id", "label"])
         paths = [image_path(args.images, image_id) for image_id in frame["id"]]
-        datasets.append(ImageDataset(paths, frame["label"].astype(float).tolist(), size,
-                                     transform))
+        datasets.append(ImageDataset(paths, frame["label"].astype(float).tolist(), size, transform))
 
     logger = EpochLogger(args.live)
-    final = train_gate(
+    train_gate(
         model,
         datasets[0],
         datasets[1],
@@ -52,6 +54,7 @@ def main() -> None:
     logger.close()
 
     config = {
+        "params": dataclasses.asdict(gate),
         "backbone": gate.backbone,
         "pooling": gate.pooling,
         "image_size": size,
@@ -61,7 +64,7 @@ def main() -> None:
     save_model(args.model, model, config)
     write_json(
         args.metrics,
-        {"parameters_total": total, "parameters_trainable": trainable, **final},
+        {"parameters_total": total, "parameters_trainable": trainable},
     )
 
 

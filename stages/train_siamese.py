@@ -1,6 +1,7 @@
 """Stage train_siamese: train the embedding network and its pair head."""
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from glr.data import image_path, read_csv_columns
@@ -33,7 +34,7 @@ def main() -> None:
     val = read_csv_columns(args.split / "siamese_val.csv", ["id", "landmark_id"])
 
     logger = EpochLogger(args.live)
-    final = train_siamese(
+    train_siamese(
         model,
         [image_path(args.images, image_id) for image_id in train["id"]],
         train["landmark_id"].astype("int64").to_numpy(),
@@ -53,6 +54,7 @@ def main() -> None:
     logger.close()
 
     config = {
+        "params": dataclasses.asdict(siamese),
         "backbone": siamese.backbone,
         "pooling": siamese.pooling,
         "dim": siamese.dim,
@@ -63,7 +65,7 @@ def main() -> None:
     save_model(args.model, model, config)
     write_json(
         args.metrics,
-        {"parameters_total": total, "parameters_trainable": trainable, **final},
+        {"parameters_total": total, "parameters_trainable": trainable},
     )
 
 

@@ -1,7 +1,7 @@
 """A GLDv2 mirror folder served over HTTP on 127.0.0.1, with switches that simulate faults.
 
 The server supports ``Range: bytes=N-`` requests (206 Partial Content) and
-records every request, so tests can check what the download code asked for.
+records every request, so tests can check what the download code requested.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ _CHUNK_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One GET request as the server saw it."""
+    """One GET request as the server received it."""
 
     path: str
     range: str | None
@@ -122,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MirrorServer:
-    """Serve the folder `root` at ``http://127.0.0.1:<port>`` from a background thread."""
+    """HTTP server for the folder `root` at ``http://127.0.0.1:<port>``, in a background thread."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -130,7 +130,11 @@ class MirrorServer:
         self.requests: list[RequestRecord] = []
         self._lock = threading.Lock()
         self._server = _Server(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval makes stop() return quickly, because shutdown() waits
+        # for the next poll.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -175,7 +179,7 @@ class MirrorServer:
             self.requests.clear()
 
     def take_faults(self, relative: str) -> tuple[int | None, float, bool]:
-        """Remove and return the one-shot faults for a path: (status, stall seconds, drop)."""
+        """Remove and return the one-shot faults for a path as (status, stall seconds, drop)."""
         with self._lock:
             status = self.faults.status_once.pop(relative, None)
             stall = self.faults.stall_once.pop(relative, 0.0)

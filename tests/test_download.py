@@ -29,20 +29,10 @@ from glr.download import (
     parse_shards,
 )
 
-SAMPLE_DIR = Path(
-    os.environ.get(
-        "GLR_SAMPLE_DIR",
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "gldv2-sample",
-    )
-)
 ALL_SHARDS = {"train": [0, 1], "test": [0]}
 METADATA_FILES = ("train.csv", "train_label_to_category.csv", "test.csv")
 TRAIN_IMAGES = 333
 TEST_IMAGES = 220
-
-pytestmark = pytest.mark.skipif(
-    not SAMPLE_DIR.is_dir(), reason=f"GLDv2 sample mirror not found at {SAMPLE_DIR}"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -56,10 +46,10 @@ def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def mirror_root(tmp_path: Path) -> Path:
+def mirror_root(sample_dir: Path, tmp_path: Path) -> Path:
     """A writable copy of the sample mirror."""
     root = tmp_path / "mirror"
-    shutil.copytree(SAMPLE_DIR, root)
+    shutil.copytree(sample_dir, root)
     return root
 
 
@@ -331,7 +321,7 @@ def test_unsafe_member_rejected(
     tmp_path: Path, mirror_root: Path, server: MirrorServer, kind: str
 ) -> None:
     member = unsafe_member(kind)
-    with tarfile.open(SAMPLE_DIR / "train" / "images_000.tar") as tar:
+    with tarfile.open(mirror_root / "train" / "images_000.tar") as tar:
         first = next(item for item in tar.getmembers() if item.isfile())
         image = tmp_path / Path(first.name).name
         handle = tar.extractfile(first)
@@ -409,13 +399,15 @@ def test_subset_counts_unlisted_and_missing(
 # --------------------------------------------------------------------------- local sources
 
 
-def test_path_and_file_url_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_path_and_file_url_identical(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    relative = os.path.relpath(SAMPLE_DIR, tmp_path)
+    relative = os.path.relpath(sample_dir, tmp_path)
 
     from_path = run_download(relative, tmp_path, out_name="out_path", cache_name="cache_path")
     from_url = run_download(
-        SAMPLE_DIR.as_uri(), tmp_path, out_name="out_url", cache_name="cache_url"
+        sample_dir.as_uri(), tmp_path, out_name="out_url", cache_name="cache_url"
     )
 
     assert from_path == from_url
@@ -472,5 +464,5 @@ def test_parse_shards_invalid(spec: object, split: str, fragment: str) -> None:
 
 
 def test_parse_shards_unknown_split() -> None:
-    with pytest.raises(ValueError, match="Unknown split 'val'"):
+    with pytest.raises(ValueError, match="Unknown split 'val'. Expected one of"):
         parse_shards(1, "val")

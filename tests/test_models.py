@@ -38,8 +38,6 @@ from glr.models import (
     lite0_imagenet_state_dict,
 )
 
-SAMPLE = Path("/work/shared/data/gldv2-sample")
-
 # EfficientNet-Lite0 stages as (repeats, stride of the first block, depthwise kernel). Google's
 # efficientnet_lite_builder.py gives this table, and efficientnet_lite_pytorch/utils.py in
 # ml-illustrated/EfficientNet-Lite-PyTorch copies it.
@@ -211,11 +209,11 @@ def test_reference_detects_symmetric_padding(
 # ----------------------------------------------------------------------------------------
 
 
-def read_landmark_names() -> dict[str, str]:
+def read_landmark_names(sample: Path) -> dict[str, str]:
     """Map sample train image ids to their Wikimedia Commons category names."""
-    with open(SAMPLE / "metadata" / "train_label_to_category.csv", newline="") as file:
+    with open(sample / "metadata" / "train_label_to_category.csv", newline="") as file:
         categories = {row["landmark_id"]: row["category"] for row in csv.DictReader(file)}
-    with open(SAMPLE / "metadata" / "train.csv", newline="") as file:
+    with open(sample / "metadata" / "train.csv", newline="") as file:
         return {
             row["id"]: categories[row["landmark_id"]].rsplit("Category:", 1)[1]
             for row in csv.DictReader(file)
@@ -231,12 +229,12 @@ def read_landmark_names() -> dict[str, str]:
     ],
 )
 def test_lite0_classifies_church_photo(
-    lite0: nn.Module, tmp_path: Path, image_id: str, landmark: str
+    lite0: nn.Module, sample_dir: Path, tmp_path: Path, image_id: str, landmark: str
 ) -> None:
-    assert read_landmark_names()[image_id] == landmark
+    assert read_landmark_names(sample_dir)[image_id] == landmark
 
     member = f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
-    with tarfile.open(SAMPLE / "train" / "images_000.tar") as archive:
+    with tarfile.open(sample_dir / "train" / "images_000.tar") as archive:
         archive.extract(member, tmp_path, filter="data")
 
     config = lite0.pretrained_cfg

@@ -1,0 +1,55 @@
+"""The `glr` command: tools that work outside `dvc repro`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from glr.logs import setup_logging
+
+
+def _score(args: argparse.Namespace) -> int:
+    from glr.metrics import score_submission
+
+    metrics = score_submission(args.submission, args.solution)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _check_params(args: argparse.Namespace) -> int:
+    from glr.params import load_params
+
+    load_params(args.params)
+    print(f"{args.params}: valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glr", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="GAP, precision and recall of a submission CSV")
+    score.add_argument("submission", help="CSV with columns id,landmarks")
+    score.add_argument("solution", help="CSV with columns id,landmarks,Usage")
+    score.set_defaults(handler=_score)
+
+    check = commands.add_parser("check-params", help="validate a params file")
+    check.add_argument("params", nargs="?", default="params.yaml", help="params file")
+    check.set_defaults(handler=_check_params)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `glr` command; return its exit status."""
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"glr {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""End-to-end runs of the DVC pipeline on a few classes of the sample, in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ruamel.yaml import YAML
+
+from glr.params import load_params
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STAGES = [
+    "download",
+    "filter",
+    "split",
+    "train_gate",
+    "train_siamese",
+    "embed",
+    "classify",
+    "retrieve",
+    "score",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_params(sample_dir: Path) -> dict:
+    """The shipped params.yaml shrunk to a few classes, small images and one epoch."""
+    params = YAML(typ="safe", pure=True).load((REPO_ROOT / "params.yaml").read_text())
+    params["base"].update(image_size=64, num_workers=0)
+    params["download"]["base_url"] = str(sample_dir)
+    params["filter"]["max_classes"] = 6
+    params["split"]["test_fraction"] = 0.25
+    params["gate"].update(epochs=1, batch_size=16)
+    params["siamese"].update(epochs=1, batch_classes=4)
+    params["retrieval"]["top_k"] = 5
+    return params
+
+
+def run(command: list[str], cwd: Path) -> str:
+    """Run a command with the test's virtual environment first on PATH; return its output."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{output}"
+    return output
+
+
+def ran_stages(output: str) -> list[str]:
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
+    """A fresh git repository with the project's files and the tiny params, committed."""
+    root = tmp_path_factory.mktemp("project")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in listed:
+        source = REPO_ROOT / name
+        # Results of the developer's own runs must not leak into the fresh repository.
+        if name == "dvc.lock" or name.startswith("metrics/") or not source.is_file():
+            continue
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, root / name)
+
+    with open(root / "params.yaml", "w") as handle:
+        YAML().dump(tiny_params(sample_dir), handle)
+
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.name", "glr tests"], root)
+    run(["git", "config", "user.email", "tests@glr.invalid"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "Tiny profile"], root)
+    return root
+
+
+def test_repro_runs_every_stage(project: Path) -> None:
+    output = run(["dvc", "repro"], project)
+
+    assert ran_stages(output) == STAGES
+    score = json.loads((project / "metrics" / "score.json").read_text())
+    assert 0.0 <= score["gap"] <= 1.0
+    assert 0.0 <= score["precision"] <= 1.0
+    assert 0.0 <= score["recall"] <= 1.0
+    assert score["num_queries"] > 0
+    data = json.loads((project / "metrics" / "data.json").read_text())
+    assert data["train_classes_selected"] == 6
+    assert (project / "data" / "submission.csv").read_text().startswith("id,landmarks")
+
+
+def test_second_repro_runs_nothing(project: Path) -> None:
+    output = run(["dvc", "repro"], project)
+
+    assert ran_stages(output) == []
+    status = run(["dvc", "status"], project)
+    assert "up to date" in status
+
+
+def test_metrics_and_params_shown(project: Path) -> None:
+    metrics = run(["dvc", "metrics", "show"], project)
+    params = run(["dvc", "params", "diff", "--all"], project)
+
+    for name in ("gap", "precision", "recall"):
+        assert name in metrics
+    assert "siamese.lr" in params
+    assert "retrieval.threshold" in params
+
+
+def test_exp_run_lr_reruns_only_later_stages(project: Path) -> None:
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "Tiny profile results"], project)
+
+    output = run(["dvc", "exp", "run", "-S", "siamese.lr=1e-5"], project)
+
+    assert ran_stages(output) == ["train_siamese", "embed", "retrieve", "score"]
+    assert "1e-05" in (project / "params.yaml").read_text()
+    assert load_params(project / "params.yaml").siamese.lr == 1e-5
+    checkpoint = torch.load(project / "models" / "siamese.pt", weights_only=True)
+    learning_rate = checkpoint["config"]["params"]["lr"]
+    assert isinstance(learning_rate, float)
+    assert learning_rate == 1e-5
