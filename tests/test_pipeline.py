@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mirror import MirrorServer
 from ruamel.yaml import YAML
 
 from glr.params import load_params
@@ -48,6 +49,8 @@ def run(command: list[str], cwd: Path) -> str:
     """Run a command with the test's virtual environment first on PATH; return its output."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # Requests to the test's own server on 127.0.0.1 must not go through a proxy.
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     result = subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False
     )
@@ -60,10 +63,8 @@ def ran_stages(output: str) -> list[str]:
     return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
-    """A fresh git repository with the project's files and the tiny params, committed."""
-    root = tmp_path_factory.mktemp("project")
+def make_project(root: Path, params: dict) -> Path:
+    """Copy the project's files into `root`, write `params`, and commit it as a git repo."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO_ROOT,
@@ -80,7 +81,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
         shutil.copy2(source, root / name)
 
     with open(root / "params.yaml", "w") as handle:
-        YAML().dump(tiny_params(sample_dir), handle)
+        YAML().dump(params, handle)
 
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.name", "glr tests"], root)
@@ -88,6 +89,12 @@ def project(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "Tiny profile"], root)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
+    """A fresh git repository with the project's files and the tiny params, committed."""
+    return make_project(tmp_path_factory.mktemp("project"), tiny_params(sample_dir))
 
 
 def test_repro_runs_every_stage(project: Path) -> None:
@@ -135,3 +142,19 @@ def test_exp_run_lr_reruns_only_later_stages(project: Path) -> None:
     learning_rate = checkpoint["config"]["params"]["lr"]
     assert isinstance(learning_rate, float)
     assert learning_rate == 1e-5
+
+
+def test_download_stage_over_http(tmp_path: Path, sample_dir: Path) -> None:
+    with MirrorServer(sample_dir) as server:
+        params = tiny_params(sample_dir)
+        params["download"]["base_url"] = server.base_url
+        root = make_project(tmp_path / "project", params)
+
+        output = run(["dvc", "repro", "download"], root)
+
+        assert ran_stages(output) == ["download"]
+        assert len(server.tar_requests()) == 3
+    counts = json.loads((root / "metrics" / "download.json").read_text())
+    assert counts["train"]["images_extracted"] == 333
+    assert counts["test"]["images_extracted"] == 220
+    assert len(list((root / "data" / "raw" / "train").glob("*/*/*/*.jpg"))) == 333
