@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 repro: $(STAMP)
 	dvc repro
-	dvc metrics show metrics/score.json
+	dvc metrics show metrics/score_gated.json metrics/score_all.json
 
 lint: $(STAMP)
 	ruff check glr stages tests

@@ -25,6 +25,14 @@ def _check_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_profile(args: argparse.Namespace) -> int:
+    from glr.profiles import apply_profile
+
+    apply_profile(args.profile, args.params)
+    print(f"{args.params}: applied {args.profile}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-params", help="validate a params file")
     check.add_argument("params", nargs="?", default="params.yaml", help="params file")
     check.set_defaults(handler=_check_params)
+
+    profile = commands.add_parser(
+        "apply-profile", help="merge a params profile (such as profiles/report.yaml) into params"
+    )
+    profile.add_argument("profile", help="YAML file with the params to change")
+    profile.add_argument("--params", default="params.yaml", help="params file to update")
+    profile.set_defaults(handler=_apply_profile)
     return parser
 
 
@@ -46,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, KeyError, FileNotFoundError) as error:
         print(f"glr {args.command}: {error}", file=sys.stderr)
         return 2
 

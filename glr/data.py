@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -87,11 +88,20 @@ def class_split(
 def image_split(
     images: pd.DataFrame, label: str, val_fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split images at random, stratified by `label` when every label has two or more images."""
+    """Split images at random (seeded), stratified by `label` where stratifying is possible.
+
+    Stratifying needs every label to have two or more images and both sides to have room
+    for one image of every label; otherwise the split is plain random.
+    """
     counts = images[label].value_counts()
-    stratify = images[label] if len(counts) > 1 and counts.min() >= 2 else None
+    n_val = math.ceil(val_fraction * len(images))
+    n_train = len(images) - n_val
+    can_stratify = len(counts) > 1 and counts.min() >= 2 and min(n_val, n_train) >= len(counts)
     train, val = train_test_split(
-        images, test_size=val_fraction, random_state=seed, stratify=stratify
+        images,
+        test_size=n_val,
+        random_state=seed,
+        stratify=images[label] if can_stratify else None,
     )
     return (
         train.sort_values("id").reset_index(drop=True),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from glr.images import ImageDataset, eval_transform
+from glr.models import GateNet, SiameseNet
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +54,47 @@ def map_images(
     if not outputs:
         return np.zeros((0,), dtype=np.float32)
     return np.ascontiguousarray(np.concatenate(outputs), dtype=np.float32)
+
+
+def embed_images(
+    model: SiameseNet,
+    config: dict[str, object],
+    paths: Sequence[Path],
+    *,
+    batch_size: int,
+    workers: int,
+    desc: str,
+) -> np.ndarray:
+    """Embed images with a trained Siamese net, preprocessed as its config records: (N, dim)."""
+    embeddings = map_images(
+        model.embed,
+        paths,
+        image_size=int(str(config["image_size"])),
+        mean=typing.cast(Sequence[float], config["mean"]),
+        std=typing.cast(Sequence[float], config["std"]),
+        batch_size=batch_size,
+        workers=workers,
+        desc=desc,
+    )
+    return embeddings.reshape(len(paths), int(str(config["dim"])))
+
+
+def gate_probabilities(
+    model: GateNet,
+    config: dict[str, object],
+    paths: Sequence[Path],
+    *,
+    batch_size: int,
+    workers: int,
+) -> np.ndarray:
+    """Probability that each image shows a landmark, from a trained gate: (N,)."""
+    return map_images(
+        lambda images: torch.sigmoid(model(images)),
+        paths,
+        image_size=int(str(config["image_size"])),
+        mean=typing.cast(Sequence[float], config["mean"]),
+        std=typing.cast(Sequence[float], config["std"]),
+        batch_size=batch_size,
+        workers=workers,
+        desc="gate",
+    ).reshape(len(paths))

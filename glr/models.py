@@ -270,3 +270,22 @@ def load_siamese(path: str | Path) -> tuple[SiameseNet, dict[str, object]]:
     )
     model.load_state_dict(state)
     return model.eval(), config
+
+
+def keras_parameter_count(model: nn.Module) -> tuple[int, int]:
+    """Return (total, trainable) parameter counts as Keras reports them for the same model.
+
+    Keras gives every convolution a bias and counts BatchNorm's moving mean and variance
+    as non-trainable parameters, where PyTorch's ResNet convolutions have no bias and
+    BatchNorm keeps its running statistics as buffers. A convolution's bias is trainable
+    when its weight is.
+    """
+    total, trainable = count_parameters(model)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.bias is None:
+            total += module.out_channels
+            if module.weight.requires_grad:
+                trainable += module.out_channels
+        elif isinstance(module, nn.BatchNorm2d):
+            total += 2 * module.num_features
+    return total, trainable

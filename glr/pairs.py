@@ -42,3 +42,19 @@ def epoch_batches(
         sample_pairs(labels, classes[start : start + batch_classes], rng)
         for start in range(0, len(classes), batch_classes)
     ]
+
+
+def example_triplets(
+    labels: np.ndarray, count: int, rng: np.random.Generator
+) -> list[tuple[int, int, int]]:
+    """Up to `count` (anchor, positive, negative) row triplets from distinct random classes."""
+    classes = rng.permutation(np.unique(labels))
+    triplets: list[tuple[int, int, int]] = []
+    for label in classes:
+        pairs = sample_pairs(labels, np.array([label]), rng)
+        if len(pairs) == 2:
+            (anchor, positive, _), (_, negative, _) = pairs
+            triplets.append((anchor, positive, negative))
+        if len(triplets) == count:
+            break
+    return triplets

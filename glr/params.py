@@ -72,7 +72,7 @@ class FilterParams:
     """Which landmark classes are kept for training and as the retrieval index."""
 
     min_images: int = _spec(2)
-    # 0 keeps every class; N > 0 keeps the N classes with the most images (quick runs).
+    # 0 keeps every class; N > 0 first keeps a seeded random subset of N classes (quick runs).
     max_classes: int = _spec(0)
 
 
@@ -143,7 +143,6 @@ class RetrievalParams:
     query_expansion: str = _spec(choices=("none", "average"))
     # Pair-head similarity at or above which a neighbour's class becomes a label.
     threshold: float = _spec(0.0, 1.0)
-    use_gate: bool = _spec(default=True)
 
 
 @dataclass(frozen=True)
@@ -247,8 +246,11 @@ def _convert(value: Any, target: Any) -> Any:
             return None
         if isinstance(value, int):
             return value
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                return None
         return None
     if target is float:
         if isinstance(value, bool):

@@ -48,7 +48,7 @@ def search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarra
 
     k = min(k, len(database))
     if k == 0 or len(queries) == 0:
-        empty = np.zeros((len(queries), 0))
+        empty = np.zeros((len(queries), k))
         return empty.astype(np.float32), empty.astype(np.int64)
 
     index = faiss.IndexFlatL2(database.shape[1])
@@ -103,7 +103,8 @@ def label_by_threshold(
     """
     predictions: list[Prediction] = []
     for scores, classes in zip(similarities, labels, strict=True):
-        if len(scores) == 0 or scores.max() < threshold:
+        # Compare in the scores' own precision, so a float32 0.9 meets a threshold of 0.9.
+        if len(scores) == 0 or scores.max() < np.asarray(threshold, dtype=scores.dtype):
             predictions.append(None)
             continue
         best = int(np.argmax(scores))
@@ -113,10 +114,15 @@ def label_by_threshold(
 
 @dataclass
 class RetrievalResult:
-    """Predictions for every query, with the neighbours before and after query expansion."""
+    """Predictions for every query, with the neighbours before and after query expansion.
+
+    `expanded_queries` are the descriptors of the second search: the queries themselves
+    when query expansion is off.
+    """
 
     predictions: list[Prediction]
     neighbours: np.ndarray
+    expanded_queries: np.ndarray
     expanded_neighbours: np.ndarray
 
 
@@ -132,7 +138,7 @@ def recognise(
 ) -> RetrievalResult:
     """Retrieve the top-k neighbours, optionally expand the queries, and label by threshold."""
     _, neighbours = search(database, queries, top_k)
-    expanded_neighbours = neighbours
+    expanded, expanded_neighbours = as_descriptors(queries, "queries"), neighbours
     if query_expansion == "average":
         expanded = average_query_expansion(queries, database, neighbours)
         _, expanded_neighbours = search(database, expanded, top_k)
@@ -142,7 +148,7 @@ def recognise(
     similarities = pair_similarities(head, queries, database, expanded_neighbours)
     labels = np.asarray(database_labels)[expanded_neighbours.clip(min=0)]
     predictions = label_by_threshold(similarities, labels, threshold)
-    return RetrievalResult(predictions, neighbours, expanded_neighbours)
+    return RetrievalResult(predictions, neighbours, expanded, expanded_neighbours)
 
 
 def write_submission(path: str, ids: Sequence[str], predictions: Sequence[Prediction]) -> None:

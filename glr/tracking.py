@@ -13,8 +13,10 @@ class EpochLogger:
     def __init__(self, folder: str | Path) -> None:
         # dvc.yaml already declares these files, so dvclive must not edit it.
         self.live = Live(str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
+        self.history: list[dict[str, float]] = []
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.history.append(dict(metrics))
         for name, value in metrics.items():
             split = "val" if name.startswith("val_") else "train"
             self.live.log_metric(f"{split}/{name.removeprefix('val_')}", value)

@@ -4,10 +4,8 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from glr.data import image_path, read_csv_columns
-from glr.inference import map_images
+from glr.inference import gate_probabilities
 from glr.io import write_csv, write_json
 from glr.models import load_gate
 from glr.runtime import resolve_workers, start_stage
@@ -23,18 +21,15 @@ def main() -> None:
     args = parser.parse_args()
     params = start_stage("classify")
     model, config = load_gate(args.model)
-
     queries = read_csv_columns(args.split / "queries.csv", ["id"])
+
     started = time.perf_counter()
-    probabilities = map_images(
-        lambda images: torch.sigmoid(model(images)),
+    probabilities = gate_probabilities(
+        model,
+        config,
         [image_path(args.images, image_id) for image_id in queries["id"]],
-        image_size=int(str(config["image_size"])),
-        mean=config["mean"],  # type: ignore[arg-type]
-        std=config["std"],  # type: ignore[arg-type]
         batch_size=params.embed.batch_size,
         workers=resolve_workers(params.base.num_workers),
-        desc="gate",
     )
     seconds = time.perf_counter() - started
 

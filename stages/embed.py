@@ -1,4 +1,4 @@
-"""Stage embed: Siamese embeddings of the index (kept train images) and of the test queries."""
+"""Stage embed: Siamese embeddings of the index, which is every kept train image."""
 
 import argparse
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from glr.data import image_path, read_csv_columns
-from glr.inference import map_images
+from glr.inference import embed_images
 from glr.io import write_csv, write_npy
 from glr.models import load_siamese
 from glr.runtime import resolve_workers, start_stage
@@ -16,7 +16,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True, help="trained Siamese model")
     parser.add_argument("--split", type=Path, required=True, help="split stage output folder")
-    parser.add_argument("--raw", type=Path, required=True, help="download stage output folder")
+    parser.add_argument("--images", type=Path, required=True, help="train image folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     args = parser.parse_args()
     params = start_stage("embed")
@@ -28,24 +28,17 @@ def main() -> None:
             read_csv_columns(args.split / "siamese_val.csv", ["id", "landmark_id"]),
         ]
     ).sort_values("id")
-    queries = read_csv_columns(args.split / "queries.csv", ["id"])
+    embeddings = embed_images(
+        model,
+        config,
+        [image_path(args.images, image_id) for image_id in index["id"]],
+        batch_size=params.embed.batch_size,
+        workers=resolve_workers(params.base.num_workers),
+        desc="embed index",
+    )
 
-    for name, frame, folder in [
-        ("index", index, args.raw / "train"),
-        ("queries", queries, args.raw / "test"),
-    ]:
-        embeddings = map_images(
-            model.embed,
-            [image_path(folder, image_id) for image_id in frame["id"]],
-            image_size=int(str(config["image_size"])),
-            mean=config["mean"],  # type: ignore[arg-type]
-            std=config["std"],  # type: ignore[arg-type]
-            batch_size=params.embed.batch_size,
-            workers=resolve_workers(params.base.num_workers),
-            desc=f"embed {name}",
-        ).reshape(len(frame), int(str(config["dim"])))
-        write_npy(args.out / f"{name}.npy", embeddings)
-        write_csv(args.out / f"{name}.csv", frame)
+    write_npy(args.out / "index.npy", embeddings)
+    write_csv(args.out / "index.csv", index)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ import dataclasses
 from pathlib import Path
 
 from glr.data import image_path, read_csv_columns
+from glr.figures import plot_augmentations, plot_training_curves
 from glr.images import ImageDataset, eval_transform, train_transform
 from glr.io import write_json
-from glr.models import GateNet, count_parameters, save_model
+from glr.models import GateNet, count_parameters, keras_parameter_count, save_model
 from glr.runtime import resolve_workers, start_stage
 from glr.tracking import EpochLogger
 from glr.training import train_gate
@@ -20,21 +21,19 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="output model file")
     parser.add_argument("--live", type=Path, required=True, help="dvclive folder")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
+    parser.add_argument("--figures", type=Path, required=True, help="folder for PNG figures")
     args = parser.parse_args()
     params = start_stage("train_gate")
     gate, size = params.gate, params.base.image_size
 
     model = GateNet(gate.backbone, gate.weights, gate.pooling, gate.frozen_blocks)
     total, trainable = count_parameters(model)
+    keras_total, keras_trainable = keras_parameter_count(model)
 
+    mean, std = model.backbone.mean, model.backbone.std
+    augment = train_transform(size, mean, std, params.augment)
     datasets = []
-    for name, transform in [
-        (
-            "gate_train",
-            train_transform(size, model.backbone.mean, model.backbone.std, params.augment),
-        ),
-        ("gate_val", eval_transform(size, model.backbone.mean, model.backbone.std)),
-    ]:
+    for name, transform in [("gate_train", augment), ("gate_val", eval_transform(size, mean, std))]:
         frame = read_csv_columns(args.split / f"{name}.csv", ["id", "label"])
         paths = [image_path(args.images, image_id) for image_id in frame["id"]]
         datasets.append(ImageDataset(paths, frame["label"].astype(float).tolist(), size, transform))
@@ -52,19 +51,28 @@ def main() -> None:
         on_epoch=logger,
     )
     logger.close()
+    plot_training_curves(logger.history, args.figures / "gate_curves.png", "Landmark gate")
+    plot_augmentations(
+        datasets[0].paths[:4], augment, mean, std, size, args.figures / "augmentations.png"
+    )
 
     config = {
         "params": dataclasses.asdict(gate),
         "backbone": gate.backbone,
         "pooling": gate.pooling,
         "image_size": size,
-        "mean": list(model.backbone.mean),
-        "std": list(model.backbone.std),
+        "mean": list(mean),
+        "std": list(std),
     }
     save_model(args.model, model, config)
     write_json(
         args.metrics,
-        {"parameters_total": total, "parameters_trainable": trainable},
+        {
+            "parameters_total": total,
+            "parameters_trainable": trainable,
+            "keras_parameters_total": keras_total,
+            "keras_parameters_trainable": keras_trainable,
+        },
     )
 
 

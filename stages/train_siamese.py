@@ -4,10 +4,14 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from glr.data import image_path, read_csv_columns
+from glr.figures import plot_pairs, plot_training_curves
 from glr.images import eval_transform, train_transform
 from glr.io import write_json
 from glr.models import SiameseNet, count_parameters, save_model
+from glr.pairs import example_triplets
 from glr.runtime import resolve_workers, start_stage
 from glr.tracking import EpochLogger
 from glr.training import train_siamese
@@ -20,6 +24,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="output model file")
     parser.add_argument("--live", type=Path, required=True, help="dvclive folder")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
+    parser.add_argument("--figures", type=Path, required=True, help="folder for PNG figures")
     args = parser.parse_args()
     params = start_stage("train_siamese")
     siamese, size = params.siamese, params.base.image_size
@@ -32,12 +37,14 @@ def main() -> None:
 
     train = read_csv_columns(args.split / "siamese_train.csv", ["id", "landmark_id"])
     val = read_csv_columns(args.split / "siamese_val.csv", ["id", "landmark_id"])
+    train_paths = [image_path(args.images, image_id) for image_id in train["id"]]
+    train_labels = train["landmark_id"].astype("int64").to_numpy()
 
     logger = EpochLogger(args.live)
     train_siamese(
         model,
-        [image_path(args.images, image_id) for image_id in train["id"]],
-        train["landmark_id"].astype("int64").to_numpy(),
+        train_paths,
+        train_labels,
         [image_path(args.images, image_id) for image_id in val["id"]],
         val["landmark_id"].astype("int64").to_numpy(),
         train_transform=train_transform(size, mean, std, params.augment),
@@ -52,6 +59,13 @@ def main() -> None:
         on_epoch=logger,
     )
     logger.close()
+    plot_training_curves(logger.history, args.figures / "siamese_curves.png", "Siamese net")
+    triplets = example_triplets(train_labels, 4, np.random.default_rng(params.base.seed))
+    plot_pairs(
+        [tuple(train_paths[row] for row in triplet) for triplet in triplets],  # type: ignore[misc]
+        size,
+        args.figures / "siamese_pairs.png",
+    )
 
     config = {
         "params": dataclasses.asdict(siamese),

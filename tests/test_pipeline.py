@@ -15,6 +15,7 @@ from mirror import MirrorServer
 from ruamel.yaml import YAML
 
 from glr.params import load_params
+from glr.profiles import apply_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = [
@@ -25,9 +26,16 @@ STAGES = [
     "train_siamese",
     "embed",
     "classify",
-    "retrieve",
-    "score",
+    "retrieve@gated",
+    "retrieve@all",
+    "score@gated",
+    "score@all",
+    "evaluate",
+    "report",
 ]
+
+# Folders that `dvc repro` and `dvc plots show` write.
+GENERATED = {"data", "models", "metrics", "dvc_plots"}
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +83,8 @@ def make_project(root: Path, params: dict) -> Path:
     for name in listed:
         source = REPO_ROOT / name
         # Results of the developer's own runs must not leak into the fresh repository.
-        if name == "dvc.lock" or name.startswith("metrics/") or not source.is_file():
+        top = name.split("/", 1)[0]
+        if name == "dvc.lock" or top in GENERATED or not source.is_file():
             continue
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, root / name)
@@ -101,14 +110,18 @@ def test_repro_runs_every_stage(project: Path) -> None:
     output = run(["dvc", "repro"], project)
 
     assert ran_stages(output) == STAGES
-    score = json.loads((project / "metrics" / "score.json").read_text())
+    score = json.loads((project / "metrics" / "score_gated.json").read_text())
     assert 0.0 <= score["gap"] <= 1.0
     assert 0.0 <= score["precision"] <= 1.0
     assert 0.0 <= score["recall"] <= 1.0
     assert score["num_queries"] > 0
     data = json.loads((project / "metrics" / "data.json").read_text())
     assert data["train_classes_selected"] == 6
-    assert (project / "data" / "submission.csv").read_text().startswith("id,landmarks")
+    submission = project / "data" / "retrieve" / "all" / "submission.csv"
+    assert submission.read_text().startswith("id,landmarks")
+    assert (project / "metrics" / "report.md").is_file()
+    for figure in ("gate_curves", "siamese_curves", "siamese_pairs", "augmentations"):
+        assert (project / "metrics" / "figures" / f"{figure}.png").stat().st_size > 0
 
 
 def test_second_repro_runs_nothing(project: Path) -> None:
@@ -135,7 +148,16 @@ def test_exp_run_lr_reruns_only_later_stages(project: Path) -> None:
 
     output = run(["dvc", "exp", "run", "-S", "siamese.lr=1e-5"], project)
 
-    assert ran_stages(output) == ["train_siamese", "embed", "retrieve", "score"]
+    assert ran_stages(output) == [
+        "train_siamese",
+        "embed",
+        "retrieve@gated",
+        "retrieve@all",
+        "score@gated",
+        "score@all",
+        "evaluate",
+        "report",
+    ]
     assert "1e-05" in (project / "params.yaml").read_text()
     assert load_params(project / "params.yaml").siamese.lr == 1e-5
     checkpoint = torch.load(project / "models" / "siamese.pt", weights_only=True)
@@ -158,3 +180,30 @@ def test_download_stage_over_http(tmp_path: Path, sample_dir: Path) -> None:
     assert counts["train"]["images_extracted"] == 333
     assert counts["test"]["images_extracted"] == 220
     assert len(list((root / "data" / "raw" / "train").glob("*/*/*/*.jpg"))) == 333
+
+
+def test_report_profile_runs_tiny(tmp_path: Path, sample_dir: Path) -> None:
+    # The report's configuration, shrunk so it runs here: random weights instead of hub
+    # weights, a few classes of the sample, 64 px and one epoch.
+    params_path = tmp_path / "params.yaml"
+    shutil.copy(REPO_ROOT / "params.yaml", params_path)
+    apply_profile(REPO_ROOT / "profiles" / "report.yaml", params_path)
+    params = YAML(typ="safe", pure=True).load(params_path.read_text())
+    params["base"].update(image_size=64, num_workers=0)
+    params["download"].update(base_url=str(sample_dir), train_shards=2, test_shards=1)
+    params["filter"]["max_classes"] = 4
+    params["split"]["test_fraction"] = 0.2
+    params["gate"].update(weights="none", epochs=1)
+    params["siamese"].update(weights="none", epochs=1, batch_classes=4)
+    params["retrieval"]["top_k"] = 5
+    root = make_project(tmp_path / "project", params)
+
+    output = run(["dvc", "repro"], root)
+
+    assert "Running stage 'report'" in output
+    gate = json.loads((root / "metrics" / "gate.json").read_text())
+    assert gate["keras_parameters_total"] == 23_589_761
+    assert gate["keras_parameters_trainable"] == 22_086_657
+    report = (root / "metrics" / "report.md").read_text()
+    assert "`gate.backbone=resnet50`" in report
+    assert "`siamese.backbone=resnet152`" in report
