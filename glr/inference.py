@@ -6,6 +6,7 @@ import logging
 import time
 import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,80 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from glr.images import ImageDataset, eval_transform
+from glr.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDataset,
+    ImageError,
+    SkipLog,
+    collate_images,
+    eval_transform,
+)
 from glr.models import GateNet, SiameseNet
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class MappedImages:
+    """Outputs for the usable images, in input order, and which inputs they belong to."""
+
+    values: np.ndarray
+    kept: np.ndarray
+
+    @property
+    def skipped(self) -> int:
+        return int((~self.kept).sum())
+
+
+def map_usable_images(
+    function: Callable[[torch.Tensor], torch.Tensor],
+    paths: Sequence[Path],
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    workers: int,
+    desc: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    skips: SkipLog | None = None,
+) -> MappedImages:
+    """Apply `function` to every usable image in eval preprocessing; float32 outputs.
+
+    Images that cannot be decoded (see `load_rgb`) are skipped and added to `skips`;
+    `kept` marks the paths that have an output row.
+    """
+    dataset = ImageDataset(
+        paths, [0.0] * len(paths), image_size, eval_transform(image_size, mean, std), max_pixels
+    )
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_images
+    )
+    started = time.perf_counter()
+    outputs: list[np.ndarray] = []
+    kept = np.zeros(len(paths), dtype=bool)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, leave=False):
+            if skips is not None:
+                skips.extend(batch.skipped)
+            if len(batch):
+                outputs.append(function(batch.tensors[0]).float().numpy())
+                kept[batch.indices] = True
+    elapsed = time.perf_counter() - started
+    log.info(
+        "%s: %d images in %.1f s (%.1f images/s), %d skipped",
+        desc,
+        len(paths),
+        elapsed,
+        len(paths) / elapsed if elapsed > 0 else 0.0,
+        len(paths) - int(kept.sum()),
+    )
+    values = (
+        np.ascontiguousarray(np.concatenate(outputs), dtype=np.float32)
+        if outputs
+        else np.zeros((0,), dtype=np.float32)
+    )
+    return MappedImages(values, kept)
 
 
 def map_images(
@@ -30,30 +101,36 @@ def map_images(
     workers: int,
     desc: str,
 ) -> np.ndarray:
-    """Apply `function` to every image in eval preprocessing; stack the outputs as float32.
+    """Apply `function` to every image; the first axis follows `paths`.
 
-    Returns an array whose first axis follows `paths`; an empty `paths` gives shape (0,).
+    Raises `ImageError` for the first unusable image: use `map_usable_images` to skip them.
+    An empty `paths` gives shape (0,).
     """
-    dataset = ImageDataset(
-        paths, [0.0] * len(paths), image_size, eval_transform(image_size, mean, std)
+    skips = SkipLog()
+    mapped = map_usable_images(
+        function,
+        paths,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        workers=workers,
+        desc=desc,
+        skips=skips,
     )
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    started = time.perf_counter()
-    outputs: list[np.ndarray] = []
-    with torch.no_grad():
-        for images, _ in tqdm(loader, desc=desc, leave=False):
-            outputs.append(function(images).float().numpy())
-    elapsed = time.perf_counter() - started
-    log.info(
-        "%s: %d images in %.1f s (%.1f images/s)",
-        desc,
-        len(paths),
-        elapsed,
-        len(paths) / elapsed if elapsed > 0 else 0.0,
-    )
-    if not outputs:
-        return np.zeros((0,), dtype=np.float32)
-    return np.ascontiguousarray(np.concatenate(outputs), dtype=np.float32)
+    if len(skips):
+        image, reason = next(iter(skips.reasons.items()))
+        raise ImageError(image, reason)
+    return mapped.values
+
+
+def preprocessing(config: dict[str, object]) -> dict[str, typing.Any]:
+    """The `map_usable_images` keywords for a trained model's recorded input size and norm."""
+    return {
+        "image_size": int(str(config["image_size"])),
+        "mean": typing.cast(Sequence[float], config["mean"]),
+        "std": typing.cast(Sequence[float], config["std"]),
+    }
 
 
 def embed_images(
@@ -64,19 +141,25 @@ def embed_images(
     batch_size: int,
     workers: int,
     desc: str,
-) -> np.ndarray:
-    """Embed images with a trained Siamese net, preprocessed as its config records: (N, dim)."""
-    embeddings = map_images(
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    skips: SkipLog | None = None,
+) -> MappedImages:
+    """Embed the usable images with a trained Siamese net, preprocessed as its config records.
+
+    `values` has shape (usable images, dim).
+    """
+    mapped = map_usable_images(
         model.embed,
         paths,
-        image_size=int(str(config["image_size"])),
-        mean=typing.cast(Sequence[float], config["mean"]),
-        std=typing.cast(Sequence[float], config["std"]),
+        **preprocessing(config),
         batch_size=batch_size,
         workers=workers,
         desc=desc,
+        max_pixels=max_pixels,
+        skips=skips,
     )
-    return embeddings.reshape(len(paths), int(str(config["dim"])))
+    mapped.values = mapped.values.reshape(int(mapped.kept.sum()), int(str(config["dim"])))
+    return mapped
 
 
 def gate_probabilities(
@@ -86,15 +169,19 @@ def gate_probabilities(
     *,
     batch_size: int,
     workers: int,
-) -> np.ndarray:
-    """Probability that each image shows a landmark, from a trained gate: (N,)."""
-    return map_images(
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    skips: SkipLog | None = None,
+) -> MappedImages:
+    """Compute the probability that each usable image shows a landmark, with a trained gate."""
+    mapped = map_usable_images(
         lambda images: torch.sigmoid(model(images)),
         paths,
-        image_size=int(str(config["image_size"])),
-        mean=typing.cast(Sequence[float], config["mean"]),
-        std=typing.cast(Sequence[float], config["std"]),
+        **preprocessing(config),
         batch_size=batch_size,
         workers=workers,
         desc="gate",
-    ).reshape(len(paths))
+        max_pixels=max_pixels,
+        skips=skips,
+    )
+    mapped.values = mapped.values.reshape(int(mapped.kept.sum()))
+    return mapped

@@ -49,11 +49,15 @@ class BaseParams:
     num_workers: int = _spec(-1)
     # torch intra-op threads; 0 keeps torch's default (one per CPU).
     threads: int = _spec(0)
+    # Images with more pixels are skipped before decoding (decompression bombs).
+    max_image_pixels: int = _spec(1)
+    # Continue an interrupted training run from its last epoch checkpoint.
+    resume: bool = _spec(default=False)
 
 
 @dataclass(frozen=True)
 class DownloadParams:
-    """Where the GLDv2 mirror is and which parts of it to fetch."""
+    """Location of the GLDv2 mirror and the parts of it to fetch."""
 
     base_url: str
     # A count N (shards 000 .. N-1) or an explicit list of shard numbers.
@@ -69,7 +73,7 @@ class DownloadParams:
 
 @dataclass(frozen=True)
 class FilterParams:
-    """Which landmark classes are kept for training and as the retrieval index."""
+    """Selection of the landmark classes kept for training and as the retrieval index."""
 
     min_images: int = _spec(2)
     # 0 keeps every class; N > 0 first keeps a seeded random subset of N classes (quick runs).
@@ -173,11 +177,32 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate a params mapping (as loaded from YAML) into a `Params` object."""
     errors: list[str] = []
     params = _build(Params, raw, "", errors)
+    errors += _check_backbones(raw)
     if errors:
         listing = "\n  ".join(errors)
         raise ParamsError(f"invalid parameters in {source}:\n  {listing}")
     assert isinstance(params, Params)  # _build returns None only when errors were recorded
     return params
+
+
+def _check_backbones(raw: Any) -> list[str]:
+    """Report backbone names that timm does not know (timm is imported only if needed)."""
+    names = {
+        f"{section}.backbone": raw[section]["backbone"]
+        for section in ("gate", "siamese")
+        if isinstance(raw, dict)
+        and isinstance(raw.get(section), dict)
+        and isinstance(raw[section].get("backbone"), str)
+    }
+    if not names:
+        return []
+    import timm
+
+    return [
+        f"{key}: unknown timm model {name!r}; `timm.list_models()` lists the valid names"
+        for key, name in names.items()
+        if not timm.is_model(name)
+    ]
 
 
 def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -51,3 +52,13 @@ def start_stage(name: str, params_path: str = "params.yaml") -> Params:
     seed_everything(params.base.seed)
     configure_torch(params.base.threads)
     return params
+
+
+def training_fingerprint(params: Params, section: object) -> dict[str, object]:
+    """Collect the params that determine a training run, to tell a matching checkpoint apart."""
+    return {
+        "seed": params.base.seed,
+        "image_size": params.base.image_size,
+        "augment": dataclasses.asdict(params.augment),
+        "model": dataclasses.asdict(section),  # type: ignore[call-overload]
+    }

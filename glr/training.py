@@ -1,21 +1,23 @@
-"""Training loops for the landmark gate and the Siamese net."""
+"""Training loops for the landmark gate and the Siamese net, with per-epoch checkpoints."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from glr.images import PairDataset
+from glr.images import Batch, ImageDataset, PairDataset, SkipLog, collate_images, collate_pairs
+from glr.io import atomic_path
 from glr.losses import contrastive_loss
 from glr.models import GateNet, SiameseNet
 from glr.pairs import epoch_batches, sample_pairs
@@ -45,15 +47,99 @@ class RunningMean:
         return {f"{prefix}loss": self.loss / self.count, f"{prefix}acc": self.correct / self.count}
 
 
+@dataclass
+class Checkpointing:
+    """Checkpoint settings: the file written after every epoch and whether to resume from it.
+
+    `fingerprint` identifies the run (its params); a checkpoint saved with another
+    fingerprint is ignored, so changed params never resume a stale run.
+    """
+
+    path: Path | None = None
+    resume: bool = False
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingState:
+    """Progress of an epoch loop: the next epoch and the history so far."""
+
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
 def _optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     return torch.optim.Adam(trainable, lr=lr)
 
 
+def _save_checkpoint(
+    checkpointing: Checkpointing,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    rng: np.random.Generator | None,
+) -> None:
+    if checkpointing.path is None:
+        return
+    payload = {
+        "fingerprint": checkpointing.fingerprint,
+        "epoch": state.epoch,
+        "history": state.history,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": rng.bit_generator.state if rng is not None else {},
+    }
+    with atomic_path(checkpointing.path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _resume(
+    checkpointing: Checkpointing,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator | None,
+) -> TrainingState:
+    path = checkpointing.path
+    if not checkpointing.resume or path is None or not path.is_file():
+        return TrainingState()
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload["fingerprint"] != checkpointing.fingerprint:
+        log.warning("checkpoint %s was saved with other params; starting from epoch 1", path)
+        return TrainingState()
+
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["torch_rng"])
+    if rng is not None:
+        rng.bit_generator.state = payload["numpy_rng"]
+    log.info("resuming from %s after epoch %d", path, payload["epoch"])
+    return TrainingState(payload["epoch"], list(payload["history"]))
+
+
+def _batches(
+    loader: Iterable[Batch], skips: SkipLog | None, desc: str, minimum: int = 1
+) -> Iterable[Batch]:
+    """Yield batches of at least `minimum` items, logging the images each batch skipped.
+
+    Training passes `minimum=2` because BatchNorm in training mode cannot normalise a
+    batch of one. Such a batch is dropped: a last partial batch, or one left after
+    skipped images.
+    """
+    for batch in tqdm(loader, desc=desc, leave=False):
+        if skips is not None:
+            skips.extend(batch.skipped)
+        if len(batch) >= minimum:
+            yield batch
+        elif len(batch):
+            log.debug("%s: dropped a batch of %d item(s)", desc, len(batch))
+
+
 def train_gate(
     model: GateNet,
-    train_set: Dataset[tuple[torch.Tensor, torch.Tensor]],
-    val_set: Dataset[tuple[torch.Tensor, torch.Tensor]],
+    train_set: ImageDataset,
+    val_set: ImageDataset,
     *,
     epochs: int,
     lr: float,
@@ -61,56 +147,58 @@ def train_gate(
     workers: int,
     seed: int,
     on_epoch: EpochCallback | None = None,
-) -> dict[str, float]:
-    """Train the gate with binary cross-entropy and Adam; return the last epoch's metrics.
+    checkpointing: Checkpointing | None = None,
+    skips: SkipLog | None = None,
+) -> list[dict[str, float]]:
+    """Train the gate with binary cross-entropy and Adam; return the metrics of every epoch.
 
     Metrics per epoch: `loss`, `acc` (train) and `val_loss`, `val_acc`, where accuracy
     counts a prediction as positive when its probability is at least 0.5.
     """
+    checkpointing = checkpointing or Checkpointing()
     optimizer = _optimizer(model, lr)
     criterion = nn.BCEWithLogitsLoss()
-    train_loader = DataLoader(
-        train_set,
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        generator=loader_generator(seed),
+    state = _resume(checkpointing, model, optimizer, None)
+    _replay(state, on_epoch)
+    val_loader = DataLoader(
+        val_set, batch_size=batch_size, num_workers=workers, collate_fn=collate_images
     )
-    val_loader = DataLoader(val_set, batch_size=batch_size, num_workers=workers)
 
-    metrics: dict[str, float] = {}
-    for epoch in range(epochs):
+    for epoch in range(state.epoch, epochs):
         started = time.perf_counter()
+        # One generator per epoch, so a resumed run shuffles as an uninterrupted one.
+        train_loader = DataLoader(
+            train_set,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            generator=loader_generator(seed + epoch),
+            collate_fn=collate_images,
+        )
 
         model.train()
         train = RunningMean()
-        for images, targets in tqdm(train_loader, desc=f"gate epoch {epoch + 1}", leave=False):
-            logits = model(images)
-            loss = criterion(logits, targets)
+        for batch in _batches(train_loader, skips, f"gate epoch {epoch + 1}", minimum=2):
+            logits = model(batch.tensors[0])
+            loss = criterion(logits, batch.targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            train.update(loss.detach(), ((logits >= 0).float() == targets).sum(), len(targets))
+            correct = ((logits >= 0).float() == batch.targets).sum()
+            train.update(loss.detach(), correct, len(batch))
 
         model.eval()
         val = RunningMean()
         with torch.no_grad():
-            for images, targets in val_loader:
-                logits = model(images)
-                correct = ((logits >= 0).float() == targets).sum()
-                val.update(criterion(logits, targets), correct, len(targets))
+            for batch in _batches(val_loader, skips, "gate validation"):
+                logits = model(batch.tensors[0])
+                correct = ((logits >= 0).float() == batch.targets).sum()
+                val.update(criterion(logits, batch.targets), correct, len(batch))
 
         metrics = {**train.result(""), **val.result("val_")}
-        log.info(
-            "gate epoch %d/%d: %s (%.1f s)",
-            epoch + 1,
-            epochs,
-            _fmt(metrics),
-            time.perf_counter() - started,
-        )
-        if on_epoch:
-            on_epoch(epoch, metrics)
-    return metrics
+        _finish_epoch("gate", epoch, epochs, metrics, started, state, on_epoch)
+        _save_checkpoint(checkpointing, model, optimizer, state, None)
+    return state.history
 
 
 def train_siamese(
@@ -130,26 +218,36 @@ def train_siamese(
     workers: int,
     seed: int,
     on_epoch: EpochCallback | None = None,
-) -> dict[str, float]:
-    """Train the Siamese net with the contrastive loss and Adam; return the last epoch's metrics.
+    checkpointing: Checkpointing | None = None,
+    skips: SkipLog | None = None,
+    max_pixels: int | None = None,
+) -> list[dict[str, float]]:
+    """Train the Siamese net with the contrastive loss and Adam; return every epoch's metrics.
 
     Each epoch visits every training class once, `batch_classes` classes per batch, and
     samples for each class an anchor, a positive and a negative (two pairs). Validation
     uses pairs sampled once from the held-out classes, so epochs compare on the same pairs.
     A pair counts as correct when similarity >= 0.5 matches its target.
     """
+    checkpointing = checkpointing or Checkpointing()
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
     optimizer = _optimizer(model, lr)
     rng = np.random.default_rng(seed)
+    state = _resume(checkpointing, model, optimizer, rng)
+    _replay(state, on_epoch)
+
     val_pairs = sample_pairs(val_labels, np.unique(val_labels), np.random.default_rng(seed + 1))
     val_set = PairDataset(
         [(val_paths[a], val_paths[b], target) for a, b, target in val_pairs],
         image_size,
         eval_transform,
+        **limit,
     )
-    val_loader = DataLoader(val_set, batch_size=2 * batch_classes, num_workers=workers)
+    val_loader = DataLoader(
+        val_set, batch_size=2 * batch_classes, num_workers=workers, collate_fn=collate_pairs
+    )
 
-    metrics: dict[str, float] = {}
-    for epoch in range(epochs):
+    for epoch in range(state.epoch, epochs):
         started = time.perf_counter()
         batches = epoch_batches(train_labels, batch_classes, rng)
         pairs = [pair for batch in batches for pair in batch]
@@ -157,6 +255,7 @@ def train_siamese(
             [(train_paths[a], train_paths[b], target) for a, b, target in pairs],
             image_size,
             train_transform,
+            **limit,
         )
         # One loader batch per group of classes, in the order they were sampled.
         boundaries = np.cumsum([0] + [len(batch) for batch in batches])
@@ -169,41 +268,62 @@ def train_siamese(
             batch_sampler=batch_sampler,
             num_workers=workers,
             generator=loader_generator(seed + epoch),
+            collate_fn=collate_pairs,
         )
 
         model.train()
         train = RunningMean()
-        for first, second, targets in tqdm(
-            train_loader, desc=f"siamese epoch {epoch + 1}", leave=False
-        ):
+        for batch in _batches(train_loader, skips, f"siamese epoch {epoch + 1}", minimum=2):
+            first, second = batch.tensors
             similarity = torch.sigmoid(model(first, second))
-            loss = contrastive_loss(similarity, targets, margin)
+            loss = contrastive_loss(similarity, batch.targets, margin)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            correct = ((similarity >= 0.5).float() == targets).sum()
-            train.update(loss.detach(), correct, len(targets))
+            correct = ((similarity >= 0.5).float() == batch.targets).sum()
+            train.update(loss.detach(), correct, len(batch))
 
         model.eval()
         val = RunningMean()
         with torch.no_grad():
-            for first, second, targets in val_loader:
+            for batch in _batches(val_loader, skips, "siamese validation"):
+                first, second = batch.tensors
                 similarity = torch.sigmoid(model(first, second))
-                correct = ((similarity >= 0.5).float() == targets).sum()
-                val.update(contrastive_loss(similarity, targets, margin), correct, len(targets))
+                correct = ((similarity >= 0.5).float() == batch.targets).sum()
+                loss = contrastive_loss(similarity, batch.targets, margin)
+                val.update(loss, correct, len(batch))
 
         metrics = {**train.result(""), **val.result("val_")}
-        log.info(
-            "siamese epoch %d/%d: %s (%.1f s)",
-            epoch + 1,
-            epochs,
-            _fmt(metrics),
-            time.perf_counter() - started,
-        )
-        if on_epoch:
+        _finish_epoch("siamese", epoch, epochs, metrics, started, state, on_epoch)
+        _save_checkpoint(checkpointing, model, optimizer, state, rng)
+    return state.history
+
+
+def _replay(state: TrainingState, on_epoch: EpochCallback | None) -> None:
+    """Send the epochs a resumed run already has to the callback, so its log is complete."""
+    if on_epoch:
+        for epoch, metrics in enumerate(state.history):
             on_epoch(epoch, metrics)
-    return metrics
 
 
-def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+def _finish_epoch(
+    name: str,
+    epoch: int,
+    epochs: int,
+    metrics: dict[str, float],
+    started: float,
+    state: TrainingState,
+    on_epoch: EpochCallback | None,
+) -> None:
+    log.info(
+        "%s epoch %d/%d: %s (%.1f s)",
+        name,
+        epoch + 1,
+        epochs,
+        ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()),
+        time.perf_counter() - started,
+    )
+    state.epoch = epoch + 1
+    state.history.append(metrics)
+    if on_epoch:
+        on_epoch(epoch, metrics)

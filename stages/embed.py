@@ -6,8 +6,9 @@ from pathlib import Path
 import pandas as pd
 
 from glr.data import image_path, read_csv_columns
+from glr.images import SkipLog
 from glr.inference import embed_images
-from glr.io import write_csv, write_npy
+from glr.io import write_csv, write_json, write_npy
 from glr.models import load_siamese
 from glr.runtime import resolve_workers, start_stage
 
@@ -18,6 +19,8 @@ def main() -> None:
     parser.add_argument("--split", type=Path, required=True, help="split stage output folder")
     parser.add_argument("--images", type=Path, required=True, help="train image folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--skipped", type=Path, required=True, help="CSV of skipped images")
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
     args = parser.parse_args()
     params = start_stage("embed")
     model, config = load_siamese(args.model)
@@ -28,17 +31,23 @@ def main() -> None:
             read_csv_columns(args.split / "siamese_val.csv", ["id", "landmark_id"]),
         ]
     ).sort_values("id")
-    embeddings = embed_images(
+    skips = SkipLog()
+    mapped = embed_images(
         model,
         config,
         [image_path(args.images, image_id) for image_id in index["id"]],
         batch_size=params.embed.batch_size,
         workers=resolve_workers(params.base.num_workers),
         desc="embed index",
+        max_pixels=params.base.max_image_pixels,
+        skips=skips,
     )
 
-    write_npy(args.out / "index.npy", embeddings)
-    write_csv(args.out / "index.csv", index)
+    # Unreadable images leave the index; the CSV rows stay aligned with the array rows.
+    write_npy(args.out / "index.npy", mapped.values)
+    write_csv(args.out / "index.csv", index[mapped.kept])
+    skips.write(args.skipped)
+    write_json(args.metrics, {"index_images": int(mapped.kept.sum()), "images_skipped": len(skips)})
 
 
 if __name__ == "__main__":

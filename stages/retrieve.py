@@ -47,15 +47,20 @@ def main() -> None:
     retrieved = queries[selected].reset_index(drop=True)
 
     started = time.perf_counter()
-    query_embeddings = embed_images(
+    mapped = embed_images(
         model,
         config,
         [image_path(args.images, image_id) for image_id in retrieved["id"]],
         batch_size=params.embed.batch_size,
         workers=resolve_workers(params.base.num_workers),
         desc=f"embed queries ({args.variant})",
+        max_pixels=params.base.max_image_pixels,
     )
     embedded = time.perf_counter()
+    # Queries whose image cannot be read get no prediction (the classify stage lists them).
+    query_embeddings = mapped.values
+    selected[np.flatnonzero(selected)[~mapped.kept]] = False
+    retrieved = retrieved[mapped.kept].reset_index(drop=True)
     result = recognise(
         query_embeddings,
         index_embeddings,

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from glr.data import image_path, read_csv_columns
 from glr.figures import plot_augmentations, plot_training_curves
-from glr.images import ImageDataset, eval_transform, train_transform
+from glr.images import ImageDataset, SkipLog, eval_transform, train_transform
 from glr.io import write_json
 from glr.models import GateNet, count_parameters, keras_parameter_count, save_model
-from glr.runtime import resolve_workers, start_stage
+from glr.runtime import resolve_workers, start_stage, training_fingerprint
 from glr.tracking import EpochLogger
-from glr.training import train_gate
+from glr.training import Checkpointing, train_gate
 
 
 def main() -> None:
@@ -22,6 +22,8 @@ def main() -> None:
     parser.add_argument("--live", type=Path, required=True, help="dvclive folder")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
     parser.add_argument("--figures", type=Path, required=True, help="folder for PNG figures")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="per-epoch checkpoint")
+    parser.add_argument("--skipped", type=Path, required=True, help="CSV of skipped images")
     args = parser.parse_args()
     params = start_stage("train_gate")
     gate, size = params.gate, params.base.image_size
@@ -36,9 +38,14 @@ def main() -> None:
     for name, transform in [("gate_train", augment), ("gate_val", eval_transform(size, mean, std))]:
         frame = read_csv_columns(args.split / f"{name}.csv", ["id", "label"])
         paths = [image_path(args.images, image_id) for image_id in frame["id"]]
-        datasets.append(ImageDataset(paths, frame["label"].astype(float).tolist(), size, transform))
+        targets = frame["label"].astype(float).tolist()
+        datasets.append(ImageDataset(paths, targets, size, transform, params.base.max_image_pixels))
 
     logger = EpochLogger(args.live)
+    skips = SkipLog()
+    checkpointing = Checkpointing(
+        args.checkpoint, params.base.resume, training_fingerprint(params, params.gate)
+    )
     train_gate(
         model,
         datasets[0],
@@ -49,6 +56,8 @@ def main() -> None:
         workers=resolve_workers(params.base.num_workers),
         seed=params.base.seed,
         on_epoch=logger,
+        checkpointing=checkpointing,
+        skips=skips,
     )
     logger.close()
     plot_training_curves(logger.history, args.figures / "gate_curves.png", "Landmark gate")
@@ -65,11 +74,14 @@ def main() -> None:
         "std": list(std),
     }
     save_model(args.model, model, config)
+    skips.write(args.skipped)
+    args.checkpoint.unlink(missing_ok=True)
     write_json(
         args.metrics,
         {
             "parameters_total": total,
             "parameters_trainable": trainable,
+            "images_skipped": len(skips),
             "keras_parameters_total": keras_total,
             "keras_parameters_trainable": keras_trainable,
         },

@@ -8,13 +8,13 @@ import numpy as np
 
 from glr.data import image_path, read_csv_columns
 from glr.figures import plot_pairs, plot_training_curves
-from glr.images import eval_transform, train_transform
+from glr.images import SkipLog, eval_transform, train_transform
 from glr.io import write_json
 from glr.models import SiameseNet, count_parameters, save_model
 from glr.pairs import example_triplets
-from glr.runtime import resolve_workers, start_stage
+from glr.runtime import resolve_workers, start_stage, training_fingerprint
 from glr.tracking import EpochLogger
-from glr.training import train_siamese
+from glr.training import Checkpointing, train_siamese
 
 
 def main() -> None:
@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--live", type=Path, required=True, help="dvclive folder")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
     parser.add_argument("--figures", type=Path, required=True, help="folder for PNG figures")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="per-epoch checkpoint")
+    parser.add_argument("--skipped", type=Path, required=True, help="CSV of skipped images")
     args = parser.parse_args()
     params = start_stage("train_siamese")
     siamese, size = params.siamese, params.base.image_size
@@ -41,6 +43,10 @@ def main() -> None:
     train_labels = train["landmark_id"].astype("int64").to_numpy()
 
     logger = EpochLogger(args.live)
+    skips = SkipLog()
+    checkpointing = Checkpointing(
+        args.checkpoint, params.base.resume, training_fingerprint(params, params.siamese)
+    )
     train_siamese(
         model,
         train_paths,
@@ -56,7 +62,10 @@ def main() -> None:
         batch_classes=siamese.batch_classes,
         workers=resolve_workers(params.base.num_workers),
         seed=params.base.seed,
+        max_pixels=params.base.max_image_pixels,
         on_epoch=logger,
+        checkpointing=checkpointing,
+        skips=skips,
     )
     logger.close()
     plot_training_curves(logger.history, args.figures / "siamese_curves.png", "Siamese net")
@@ -77,9 +86,15 @@ def main() -> None:
         "std": list(std),
     }
     save_model(args.model, model, config)
+    skips.write(args.skipped)
+    args.checkpoint.unlink(missing_ok=True)
     write_json(
         args.metrics,
-        {"parameters_total": total, "parameters_trainable": trainable},
+        {
+            "parameters_total": total,
+            "parameters_trainable": trainable,
+            "images_skipped": len(skips),
+        },
     )
 
 

@@ -10,7 +10,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from glr.images import ImageDataset, PairDataset, eval_transform, load_rgb, train_transform
+from glr.images import (
+    ImageDataset,
+    ImageError,
+    PairDataset,
+    collate_pairs,
+    eval_transform,
+    load_rgb,
+    train_transform,
+)
 from glr.params import AugmentParams
 
 HALF = (0.5, 0.5, 0.5)
@@ -75,7 +83,10 @@ def test_load_rgb_png_alpha(tmp_path: Path) -> None:
 
     assert image.mode == "RGB"
     assert image.size == (20, 10)
-    assert image.getpixel((5, 5)) == (10, 200, 30)
+    # Composited on white: colour * alpha + 255 * (1 - alpha), alpha = 60 / 255.
+    expected = tuple(round(value * 60 / 255 + 255 * (1 - 60 / 255)) for value in (10, 200, 30))
+    for channel, value in zip(image.getpixel((5, 5)), expected, strict=True):
+        assert abs(channel - value) <= 1
 
 
 def test_load_rgb_palette_png(tmp_path: Path) -> None:
@@ -165,8 +176,11 @@ def test_load_rgb_draft_with_rotation(tmp_path: Path) -> None:
 
 
 def test_load_rgb_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        load_rgb(tmp_path / "missing.jpg", 32)
+    missing = tmp_path / "missing.jpg"
+
+    with pytest.raises(ImageError, match="file not found") as raised:
+        load_rgb(missing, 32)
+    assert raised.value.path == str(missing)
 
 
 # ---------------------------------------------------------------------------
@@ -235,13 +249,15 @@ def test_image_dataset_items(tmp_path: Path) -> None:
     second = save_solid(tmp_path / "b.jpg", (30, 40), (0, 0, 0))
     dataset = ImageDataset([first, second], [1, 0], 16, eval_transform(16, HALF, HALF))
 
-    image, target = dataset[1]
+    image, target, position, error, _ = dataset[1]
 
     assert len(dataset) == 2
+    assert position == 1
+    assert error == ""
+    assert image is not None
     assert image.shape == (3, 16, 16)
-    assert target.dtype == torch.float32
-    assert target.item() == 0.0
-    assert dataset[0][1].item() == 1.0
+    assert target == 0.0
+    assert dataset[0].target == 1.0
     assert image.mean().item() == pytest.approx(-1.0, abs=0.02)
 
 
@@ -252,27 +268,28 @@ def test_pair_dataset_items(tmp_path: Path) -> None:
         [(first, second, 1.0), (second, second, 0.0)], 16, eval_transform(16, HALF, HALF)
     )
 
-    left, right, target = dataset[0]
+    left, right, target, _, error, _ = dataset[0]
 
     assert len(dataset) == 2
+    assert error == ""
     assert isinstance(left, torch.Tensor)
     assert isinstance(right, torch.Tensor)
     assert left.shape == (3, 16, 16)
     assert right.shape == (3, 16, 16)
     assert left.mean().item() == pytest.approx(1.0, abs=0.02)
     assert right.mean().item() == pytest.approx(-1.0, abs=0.02)
-    assert target.dtype == torch.float32
-    assert target.shape == ()
-    assert target.item() == 1.0
-    assert dataset[1][2].item() == 0.0
+    assert target == 1.0
+    assert dataset[1].target == 0.0
 
 
 def test_pair_dataset_batches(tmp_path: Path) -> None:
     path = save_solid(tmp_path / "a.jpg", (40, 30), (128, 128, 128))
     dataset = PairDataset([(path, path, 1.0)] * 3, 16, eval_transform(16, HALF, HALF))
 
-    loader = DataLoader(dataset, batch_size=3)
-    left, right, targets = next(iter(loader))
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_pairs)
+    batch = next(iter(loader))
+    left, right = batch.tensors
+    targets = batch.targets
 
     assert left.shape == (3, 3, 16, 16)
     assert right.shape == (3, 3, 16, 16)

@@ -301,3 +301,21 @@ def test_parse_all_errors_together(shipped_raw: dict[str, Any]) -> None:
 def test_params_error_is_value_error(shipped_raw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         parse_params(with_changes(shipped_raw, {"retrieval.top_k": 0}))
+
+
+def test_unknown_backbone_reported_with_others(shipped_raw: dict[str, Any]) -> None:
+    raw = with_changes(shipped_raw, {"gate.backbone": "resnet5O", "retrieval.top_k": 0})
+
+    message = error_message(raw)
+
+    assert "gate.backbone: unknown timm model 'resnet5O'" in message
+    assert "retrieval.top_k: must be >= 1, got 0" in message
+
+
+def test_known_backbones_accepted(shipped_raw: dict[str, Any]) -> None:
+    raw = with_changes(shipped_raw, {"gate.backbone": "resnet50", "siamese.backbone": "resnet152"})
+
+    params = parse_params(raw)
+
+    assert params.gate.backbone == "resnet50"
+    assert params.siamese.backbone == "resnet152"

@@ -207,3 +207,39 @@ def test_report_profile_runs_tiny(tmp_path: Path, sample_dir: Path) -> None:
     report = (root / "metrics" / "report.md").read_text()
     assert "`gate.backbone=resnet50`" in report
     assert "`siamese.backbone=resnet152`" in report
+
+
+def metrics_without_timings(root: Path) -> dict[str, object]:
+    """Every metrics JSON file of a run, without the wall-clock and machine entries."""
+
+    def strip(value: object) -> object:
+        if isinstance(value, dict):
+            return {
+                key: strip(item)
+                for key, item in value.items()
+                if not key.startswith("seconds") and key not in TIMING_KEYS
+            }
+        return value
+
+    return {
+        str(path.relative_to(root)): strip(json.loads(path.read_text()))
+        for path in sorted((root / "metrics").rglob("*.json"))
+    }
+
+
+# Entries that measure the machine rather than the results.
+TIMING_KEYS = {"speedup", "cpu_count", "torch_threads"}
+
+
+def test_forced_repro_repeats_metrics(project: Path) -> None:
+    run(["dvc", "repro", "--force"], project)
+    first = metrics_without_timings(project)
+    figures = {
+        path.name: path.read_bytes() for path in (project / "metrics" / "figures").glob("*.png")
+    }
+
+    run(["dvc", "repro", "--force"], project)
+
+    assert metrics_without_timings(project) == first
+    for name, data in figures.items():
+        assert (project / "metrics" / "figures" / name).read_bytes() == data, name
