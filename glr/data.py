@@ -128,3 +128,21 @@ def sample_queries(
         size = max(size, 1)
     chosen = rng.choice(np.array(available, dtype=object), size=size, replace=False)
     return pd.DataFrame({"id": sorted(chosen.tolist())})
+
+
+def non_landmark_pool(kind: str, solution_path: str | Path, candidates: list[str]) -> list[str]:
+    """Ids among `candidates` of test photos known to show no landmark: Public rows with none.
+
+    `kind` is `public` or `none` (no pool). Only Private rows stay unseen, so a run with
+    a pool is scored on the Private rows alone.
+    """
+    if kind == "none":
+        return []
+    from glr.metrics import read_solution
+
+    solution = read_solution(solution_path)
+    return sorted(
+        image_id
+        for image_id in candidates
+        if solution.usage.get(image_id) == "Public" and not solution.landmarks.get(image_id)
+    )

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from glr.metrics import binary_precision_recall, first_relevant_ranks
+from glr.metrics import (
+    binary_precision_recall,
+    first_relevant_ranks,
+    mean_average_precision_at_k,
+    read_submission,
+)
 from glr.models import PairHead
 from glr.retrieval import as_descriptors
 
@@ -106,3 +112,49 @@ def mean_or_none(values: np.ndarray) -> float | None:
     """Mean of the non-NaN values, or None when there are none (so JSON shows null)."""
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else None
+
+
+def retrieval_metrics(
+    submission: Path,
+    retrieved: Sequence[str],
+    neighbours: np.ndarray,
+    index_ids: np.ndarray,
+    index_labels: np.ndarray,
+    ground_truth: Mapping[str, Collection[int]],
+    scored: Collection[str],
+) -> dict[str, float | None]:
+    """Top-1 accuracy over scored landmark queries and mAP@100 of the ranked index images.
+
+    A landmark query without a prediction counts as wrong for top-1, and one that was not
+    retrieved (the gate rejected it) scores 0 in mAP@100. Relevant index images are those
+    of the query's landmarks. Values are None when no scored query shows a landmark.
+    """
+    landmark_queries = [q for q in scored if ground_truth.get(q)]
+    if not landmark_queries:
+        return {"top1_accuracy": None, "map_at_100": None}
+
+    predictions = read_submission(submission)
+    correct = sum(
+        1
+        for query_id in landmark_queries
+        if (prediction := predictions.get(query_id)) and prediction[0] in ground_truth[query_id]
+    )
+
+    ranked = {
+        query_id: [str(index_ids[row]) for row in rows if row >= 0]
+        for query_id, rows in zip(retrieved, neighbours, strict=True)
+    }
+    relevant = {
+        query_id: {
+            str(image_id)
+            for image_id, label in zip(index_ids, index_labels, strict=True)
+            if label in ground_truth[query_id]
+        }
+        for query_id in landmark_queries
+    }
+    return {
+        "top1_accuracy": correct / len(landmark_queries),
+        "map_at_100": mean_average_precision_at_k(
+            {query_id: ranked.get(query_id, []) for query_id in landmark_queries}, relevant, 100
+        ),
+    }

@@ -7,6 +7,7 @@ sub-center ArcFace over the train classes, from pytorch-metric-learning.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,3 +109,26 @@ class LandmarkNet(nn.Module):
         if self.head is not None:
             return self.head(pooled)
         return F.normalize(pooled, dim=-1)
+
+
+def embed_with(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Embed images with either trained embedding network (`SiameseNet` or `LandmarkNet`)."""
+    embed = getattr(model, "embed", None)
+    return embed(images) if embed is not None else model(images)
+
+
+def load_landmark_net(path: str | Path) -> tuple[LandmarkNet, dict[str, Any]]:
+    """Rebuild a trained `LandmarkNet` from `save_model`'s file (no pretrained weights loaded)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"model not found: {file}; run `dvc repro train_siamese` first")
+    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    config = checkpoint["config"]
+    model = LandmarkNet(
+        str(config["backbone"]),
+        "none",
+        pooling=str(config["pooling"]),
+        dim=int(config["dim"]),
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), config

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from glr.heads import embed_with
 from glr.images import (
     DEFAULT_MAX_PIXELS,
     ImageDataset,
@@ -22,7 +23,7 @@ from glr.images import (
     collate_images,
     eval_transform,
 )
-from glr.models import GateNet, SiameseNet
+from glr.models import GateNet
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def preprocessing(config: dict[str, object]) -> dict[str, typing.Any]:
 
 
 def embed_images(
-    model: SiameseNet,
+    model: torch.nn.Module,
     config: dict[str, object],
     paths: Sequence[Path],
     *,
@@ -143,22 +144,30 @@ def embed_images(
     desc: str,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     skips: SkipLog | None = None,
+    image_size: int | None = None,
 ) -> MappedImages:
-    """Embed the usable images with a trained Siamese net, preprocessed as its config records.
+    """Embed the usable images, normalised as the trained model's config records.
 
-    `values` has shape (usable images, dim).
+    `model` is a `SiameseNet`, a `LandmarkNet` or a `SearchDescriptor`; `image_size`
+    overrides the training input size. `values` has shape (usable images, D).
     """
+    settings = preprocessing(config)
+    if image_size is not None:
+        settings["image_size"] = image_size
     mapped = map_usable_images(
-        model.embed,
+        lambda images: embed_with(model, images),
         paths,
-        **preprocessing(config),
+        **settings,
         batch_size=batch_size,
         workers=workers,
         desc=desc,
         max_pixels=max_pixels,
         skips=skips,
     )
-    mapped.values = mapped.values.reshape(int(mapped.kept.sum()), int(str(config["dim"])))
+    if mapped.values.size:
+        mapped.values = mapped.values.reshape(int(mapped.kept.sum()), -1)
+    else:
+        mapped.values = np.zeros((0, 0), dtype=np.float32)
     return mapped
 
 

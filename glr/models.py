@@ -17,10 +17,12 @@ import timm
 import torch
 from torch import nn
 
+from glr.pooling import GeM
+
 log = logging.getLogger(__name__)
 
 LITE0 = "tf_efficientnet_lite0"
-POOLINGS = ("avg", "max")
+POOLINGS = ("avg", "max", "gem")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -134,12 +136,16 @@ class Backbone(nn.Module):
         classifier: Any = create_classifier(name, weights)
         self.mean: tuple[float, ...] = tuple(classifier.pretrained_cfg["mean"])
         self.std: tuple[float, ...] = tuple(classifier.pretrained_cfg["std"])
-        classifier.reset_classifier(0, global_pool=pooling)
+        # timm pools avg and max itself; GeM (p = 3) runs on timm's unpooled feature map.
+        classifier.reset_classifier(0, global_pool="avg" if pooling == "gem" else pooling)
+        self.gem = GeM() if pooling == "gem" else None
         self.body = classifier
         self.num_features: int = int(classifier.num_features)
         self.frozen = _freeze_stages(classifier, frozen_blocks)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.gem is not None:
+            return self.gem(self.body.forward_features(images))
         return self.body(images)
 
     def train(self, mode: bool = True) -> Backbone:

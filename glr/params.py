@@ -117,19 +117,28 @@ class GateParams:
 
 @dataclass(frozen=True)
 class SiameseParams:
-    """Embedding network with its pair head."""
+    """Embedding network: the report's Siamese net (contrastive) or a margin-loss GeM net."""
 
     backbone: str
     weights: str
-    pooling: str = _spec(choices=("avg", "max"))
+    pooling: str = _spec(choices=("avg", "max", "gem"))
     frozen_blocks: int = _spec(0)
-    dim: int = _spec(1)
+    # Embedding size; 0 keeps the backbone's pooled features (margin losses only).
+    dim: int = _spec(0)
+    loss: str = _spec(choices=("contrastive", "arcface", "subcenter_arcface"))
     lr: float = _spec(0.0, low_open=True)
-    # Contrastive-loss margin on the distance 1 - similarity.
-    margin: float = _spec(0.0, low_open=True)
-    # Classes per batch; each class gives one positive and one negative pair.
-    batch_classes: int = _spec(1)
     epochs: int = _spec(1)
+    # contrastive: margin on the distance 1 - similarity, and classes per batch (each class
+    # gives one positive and one negative pair).
+    margin: float = _spec(0.0, low_open=True)
+    batch_classes: int = _spec(1)
+    # Margin losses: images per batch, AdamW with a one-cycle schedule, separate learning
+    # rate for the projection and the class weights, and ArcFace's angular margin and scale.
+    batch_size: int = _spec(2)
+    head_lr: float = _spec(0.0, low_open=True)
+    weight_decay: float = _spec(0.0)
+    arcface_margin_degrees: float = _spec(0.0, 90.0)
+    arcface_scale: float = _spec(0.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -137,16 +146,39 @@ class EmbedParams:
     """Inference over the index and test images."""
 
     batch_size: int = _spec(1)
+    # Input size for embeddings, in pixels (training uses base.image_size).
+    image_size: int = _spec(32)
+    # Weight of the untrained ImageNet GeM descriptor concatenated with the trained one
+    # (cosine = weighted sum of both cosines); 0 uses the trained embedding alone.
+    untrained_weight: float = _spec(0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class RetrievalParams:
-    """Nearest-neighbour search, query expansion and labelling."""
+    """Nearest-neighbour search, query expansion, labelling and non-landmark handling."""
 
+    # pair_head: the report's rule (L2 search, pair-head similarity >= threshold);
+    # knn: cosine search and a similarity-weighted vote over the knn_k nearest images.
+    scoring: str = _spec(choices=("pair_head", "knn"))
     top_k: int = _spec(1)
-    query_expansion: str = _spec(choices=("none", "average"))
+    query_expansion: str = _spec(choices=("none", "average", "alpha"))
+    # Alpha query expansion and database-side augmentation: neighbours n and weight power.
+    qe_n: int = _spec(1)
+    qe_alpha: float = _spec(0.0)
+    dba_n: int = _spec(0)
+    dba_alpha: float = _spec(0.0)
+    # PCA whitening learned on the index; shrinkage in [0, 1] blends it with the identity.
+    whitening: bool = _spec(default=False)
+    whitening_shrinkage: float = _spec(0.0, 1.0, default=0.5)
+    knn_k: int = _spec(1, default=1)
     # Pair-head similarity at or above which a neighbour's class becomes a label.
-    threshold: float = _spec(0.0, 1.0)
+    threshold: float = _spec(0.0, 1.0, default=0.9)
+    # Confidence minus beta x the similarity to the most similar known non-landmark photo.
+    # The pool is the test set's Public rows without a landmark, and then only Private rows
+    # are scored; `none` switches the penalty off.
+    non_landmark_pool: str = _spec(choices=("none", "public"), default="none")
+    non_landmark_beta: float = _spec(0.0, default=0.0)
+    non_landmark_top_m: int = _spec(1, default=1)
 
 
 @dataclass(frozen=True)
@@ -178,11 +210,32 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     errors: list[str] = []
     params = _build(Params, raw, "", errors)
     errors += _check_backbones(raw)
+    if params is not None:
+        errors += _check_combinations(params)
     if errors:
         listing = "\n  ".join(errors)
         raise ParamsError(f"invalid parameters in {source}:\n  {listing}")
     assert isinstance(params, Params)  # _build returns None only when errors were recorded
     return params
+
+
+def _check_combinations(params: Params) -> list[str]:
+    """Report settings that are valid alone but do not work together."""
+    errors = []
+    if params.retrieval.scoring == "pair_head":
+        if params.siamese.loss != "contrastive":
+            errors.append(
+                f"retrieval.scoring: pair_head needs siamese.loss contrastive (the net with a "
+                f"pair head), got siamese.loss {params.siamese.loss!r}"
+            )
+        if params.embed.untrained_weight > 0:
+            errors.append(
+                "embed.untrained_weight: must be 0 with retrieval.scoring pair_head, got "
+                f"{params.embed.untrained_weight}"
+            )
+    if params.siamese.loss == "contrastive" and params.siamese.dim < 1:
+        errors.append("siamese.dim: must be >= 1 with siamese.loss contrastive, got 0")
+    return errors
 
 
 def _check_backbones(raw: Any) -> list[str]:

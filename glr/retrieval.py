@@ -1,6 +1,7 @@
-"""Nearest-neighbour search with faiss, query expansion and labels from the pair head.
+"""Nearest-neighbour search with faiss, query expansion and labels for each query.
 
-Descriptors here are the Siamese net's raw embeddings, compared by L2 distance.
+Two rules: the reference report's (raw Siamese embeddings compared by L2 distance, labels
+from the pair head above a threshold) and a kNN vote over cosine neighbours.
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ import torch
 
 from glr.io import write_csv
 from glr.models import PairHead
+from glr.params import RetrievalParams
+from glr.pooling import apply_whitening, fit_whitening, l2_normalize
+from glr.scoring import (
+    alpha_query_expansion,
+    cosine_search,
+    database_augmentation,
+    knn_vote,
+    max_similarity,
+    penalize_non_landmarks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +128,22 @@ class RetrievalResult:
     """Predictions for every query, with the neighbours before and after query expansion.
 
     `expanded_queries` are the descriptors of the second search: the queries themselves
-    when query expansion is off.
+    when query expansion is off. `queries` and `database` are the descriptors in the space
+    that was searched (after normalisation, whitening and augmentation, where used).
     """
 
     predictions: list[Prediction]
     neighbours: np.ndarray
     expanded_queries: np.ndarray
     expanded_neighbours: np.ndarray
+    queries: np.ndarray
+    database: np.ndarray
+
+
+def _no_queries() -> RetrievalResult:
+    empty = np.zeros((0, 0), dtype=np.int64)
+    descriptors = np.zeros((0, 0), dtype=np.float32)
+    return RetrievalResult([], empty, descriptors, empty, descriptors, descriptors)
 
 
 def recognise(
@@ -137,6 +157,8 @@ def recognise(
     threshold: float,
 ) -> RetrievalResult:
     """Retrieve the top-k neighbours, optionally expand the queries, and label by threshold."""
+    if len(queries) == 0:
+        return _no_queries()
     _, neighbours = search(database, queries, top_k)
     expanded, expanded_neighbours = as_descriptors(queries, "queries"), neighbours
     if query_expansion == "average":
@@ -148,10 +170,81 @@ def recognise(
     similarities = pair_similarities(head, queries, database, expanded_neighbours)
     labels = np.asarray(database_labels)[expanded_neighbours.clip(min=0)]
     predictions = label_by_threshold(similarities, labels, threshold)
-    return RetrievalResult(predictions, neighbours, expanded, expanded_neighbours)
+    return RetrievalResult(
+        predictions,
+        neighbours,
+        expanded,
+        expanded_neighbours,
+        as_descriptors(queries, "queries"),
+        as_descriptors(database, "database"),
+    )
 
 
 def write_submission(path: str, ids: Sequence[str], predictions: Sequence[Prediction]) -> None:
     """Write a Kaggle-format submission: `id,landmarks` with "<landmark_id> <score>" or empty."""
     cells = ["" if p is None else f"{p[0]} {p[1]:.9g}" for p in predictions]
     write_csv(path, pd.DataFrame({"id": list(ids), "landmarks": cells}))
+
+
+def recognise_knn(
+    queries: np.ndarray,
+    database: np.ndarray,
+    database_labels: np.ndarray,
+    settings: RetrievalParams,
+    pool: np.ndarray | None = None,
+    pool_exclude: np.ndarray | None = None,
+) -> RetrievalResult:
+    """Label queries by a similarity-weighted kNN vote over cosine neighbours.
+
+    Steps: L2 normalisation; optional PCA whitening learned on the database (with
+    shrinkage); database-side augmentation; query expansion (average or alpha-weighted);
+    top-k cosine search; a vote over the `knn_k` nearest images; and, with a pool of
+    known non-landmark photos, confidence minus beta x the query's similarity to the pool.
+    `pool_exclude` (Q, P) masks pool photos that are the query itself. A query with no
+    neighbour (empty database) gets None. Confidences are finite for every input,
+    including all-zero descriptors, which normalise to zero vectors.
+    """
+    if len(queries) == 0:
+        return _no_queries()
+    queries = l2_normalize(as_descriptors(queries, "queries"))
+    database = l2_normalize(as_descriptors(database, "database"))
+    pool = None if pool is None else l2_normalize(as_descriptors(pool, "pool"))
+    if settings.whitening and len(database) > 1:
+        whitening = fit_whitening(database, 0, settings.whitening_shrinkage)
+        database = apply_whitening(database, whitening)
+        queries = apply_whitening(queries, whitening)
+        pool = None if pool is None else apply_whitening(pool, whitening)
+    database = database_augmentation(database, settings.dba_n, settings.dba_alpha)
+
+    _, neighbours = cosine_search(queries, database, settings.top_k)
+    expanded = queries
+    if settings.query_expansion == "average":
+        expanded = l2_normalize(average_query_expansion(queries, database, neighbours))
+    elif settings.query_expansion == "alpha":
+        expanded = alpha_query_expansion(queries, database, settings.qe_n, settings.qe_alpha)
+    similarities, expanded_neighbours = cosine_search(expanded, database, settings.top_k)
+
+    predictions: list[Prediction] = [None] * len(queries)
+    if similarities.shape[1] > 0:
+        labels, confidences = knn_vote(
+            similarities, expanded_neighbours, np.asarray(database_labels), settings.knn_k
+        )
+        if pool is not None and settings.non_landmark_beta > 0:
+            pool_similarity = max_similarity(
+                queries, pool, settings.non_landmark_top_m, pool_exclude
+            )
+            confidences = penalize_non_landmarks(
+                confidences, pool_similarity, settings.non_landmark_beta
+            )
+        predictions = [
+            (int(label), float(confidence))
+            for label, confidence in zip(labels, confidences, strict=True)
+        ]
+    return RetrievalResult(
+        predictions,
+        neighbours,
+        expanded,
+        expanded_neighbours,
+        as_descriptors(queries, "queries"),
+        as_descriptors(database, "database"),
+    )

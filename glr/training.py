@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from glr.heads import LandmarkNet
 from glr.images import Batch, ImageDataset, PairDataset, SkipLog, collate_images, collate_pairs
 from glr.io import atomic_path
 from glr.losses import contrastive_loss
@@ -79,6 +80,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: TrainingState,
     rng: np.random.Generator | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> None:
     if checkpointing.path is None:
         return
@@ -90,6 +92,7 @@ def _save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": rng.bit_generator.state if rng is not None else {},
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
     }
     with atomic_path(checkpointing.path) as tmp:
         torch.save(payload, tmp)
@@ -327,3 +330,81 @@ def _finish_epoch(
     state.history.append(metrics)
     if on_epoch:
         on_epoch(epoch, metrics)
+
+
+def train_margin(
+    model: LandmarkNet,
+    loss_function: nn.Module,
+    train_set: ImageDataset,
+    *,
+    epochs: int,
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+    checkpointing: Checkpointing | None = None,
+    skips: SkipLog | None = None,
+) -> list[dict[str, float]]:
+    """Train an embedding net with a margin loss (ArcFace family) over the train classes.
+
+    The dataset's targets are class indices in [0, num_classes). AdamW updates the backbone
+    at `lr` and the projection head and the loss's class weights at `head_lr`, both under
+    a one-cycle cosine schedule with 10 % warm-up. Metrics per epoch: `loss` and `acc`,
+    the share of images whose nearest class weight is their own class (margin not applied).
+    """
+    checkpointing = checkpointing or Checkpointing()
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")]
+    head = [p for n, p in model.named_parameters() if n.startswith("head")]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": body, "lr": lr},
+            {"params": head + list(loss_function.parameters()), "lr": head_lr},
+        ],
+        weight_decay=weight_decay,
+    )
+    steps_per_epoch = max(1, len(train_set) // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[lr, head_lr], total_steps=epochs * steps_per_epoch, pct_start=0.1
+    )
+    # The loss owns the class weights, so it is checkpointed with the network.
+    both = nn.ModuleDict({"model": model, "loss": loss_function})
+    state = _resume(checkpointing, both, optimizer, None)
+    if state.epoch and checkpointing.path is not None:
+        payload = torch.load(checkpointing.path, map_location="cpu", weights_only=True)
+        scheduler.load_state_dict(payload["scheduler"])
+    _replay(state, on_epoch)
+
+    for epoch in range(state.epoch, epochs):
+        started = time.perf_counter()
+        # drop_last keeps exactly steps_per_epoch scheduler steps per epoch.
+        loader = DataLoader(
+            train_set,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=len(train_set) >= batch_size,
+            num_workers=workers,
+            generator=loader_generator(seed + epoch),
+            collate_fn=collate_images,
+        )
+        model.train()
+        train = RunningMean()
+        for batch in _batches(loader, skips, f"margin epoch {epoch + 1}", minimum=2):
+            labels = batch.targets.long()
+            embeddings = model(batch.tensors[0])
+            loss = loss_function(embeddings, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler.last_epoch < scheduler.total_steps - 1:
+                scheduler.step()
+            with torch.no_grad():
+                logits = loss_function.get_logits(embeddings)  # type: ignore[operator]
+                correct = (logits.argmax(dim=1) == labels).sum()
+            train.update(loss.detach(), correct, len(batch))
+
+        _finish_epoch("margin", epoch, epochs, train.result(""), started, state, on_epoch)
+        _save_checkpoint(checkpointing, both, optimizer, state, None, scheduler)
+    return state.history

@@ -1,4 +1,4 @@
-"""Stage embed: Siamese embeddings of the index, which is every kept train image."""
+"""Stage embed: search descriptors of the index, which is every kept train image."""
 
 import argparse
 from pathlib import Path
@@ -6,16 +6,16 @@ from pathlib import Path
 import pandas as pd
 
 from glr.data import image_path, read_csv_columns
+from glr.descriptors import SearchDescriptor, load_embedding_model
 from glr.images import SkipLog
 from glr.inference import embed_images
 from glr.io import write_csv, write_json, write_npy
-from glr.models import load_siamese
 from glr.runtime import resolve_workers, start_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True, help="trained Siamese model")
+    parser.add_argument("--model", type=Path, required=True, help="trained embedding model")
     parser.add_argument("--split", type=Path, required=True, help="split stage output folder")
     parser.add_argument("--images", type=Path, required=True, help="train image folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -23,7 +23,8 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
     args = parser.parse_args()
     params = start_stage("embed")
-    model, config = load_siamese(args.model)
+    model, config = load_embedding_model(args.model)
+    describe = SearchDescriptor(model, config, params.embed.untrained_weight)
 
     index = pd.concat(
         [
@@ -33,7 +34,7 @@ def main() -> None:
     ).sort_values("id")
     skips = SkipLog()
     mapped = embed_images(
-        model,
+        describe,
         config,
         [image_path(args.images, image_id) for image_id in index["id"]],
         batch_size=params.embed.batch_size,
@@ -41,6 +42,7 @@ def main() -> None:
         desc="embed index",
         max_pixels=params.base.max_image_pixels,
         skips=skips,
+        image_size=params.embed.image_size,
     )
 
     # Unreadable images leave the index; the CSV rows stay aligned with the array rows.

@@ -2,15 +2,17 @@
 
 import argparse
 import json
+import typing
 from pathlib import Path
 
 import numpy as np
 
 from glr.data import read_csv_columns
+from glr.descriptors import load_embedding_model
 from glr.evaluation import gate_precision_recall, pair_test
 from glr.io import write_json
 from glr.metrics import read_solution
-from glr.models import load_siamese
+from glr.models import PairHead
 from glr.runtime import start_stage
 
 
@@ -38,17 +40,22 @@ def main() -> None:
         gate["id"].tolist(), (gate["landmark"] == "True").tolist(), truth
     )
 
-    siamese, _ = load_siamese(args.siamese_model)
-    index = read_csv_columns(args.index / "index.csv", ["id", "landmark_id"])
-    retrieved = read_csv_columns(args.retrieved / "queries.csv", ["id"])["id"]
-    pairs = pair_test(
-        siamese.pair_head,
-        np.load(args.retrieved / "queries.npy"),
-        np.load(args.index / "index.npy"),
-        [truth.get(query_id, frozenset()) for query_id in retrieved],
-        index["landmark_id"].astype("int64").to_numpy(),
-        params.base.seed,
-    )
+    # The pair test needs the reference Siamese net's pair head; margin-loss nets have none.
+    model, _ = load_embedding_model(args.siamese_model)
+    pairs: dict[str, object] = {"pairs": 0}
+    if params.retrieval.scoring == "pair_head":
+        index = read_csv_columns(args.index / "index.csv", ["id", "landmark_id"])
+        retrieved = read_csv_columns(args.retrieved / "queries.csv", ["id"])["id"]
+        pairs = dict(
+            pair_test(
+                typing.cast(PairHead, model.pair_head),
+                np.load(args.retrieved / "queries.npy"),
+                np.load(args.index / "index.npy"),
+                [truth.get(query_id, frozenset()) for query_id in retrieved],
+                index["landmark_id"].astype("int64").to_numpy(),
+                params.base.seed,
+            )
+        )
 
     classify, gated, everything = (json.loads(path.read_text()) for path in args.timings)
     with_gate = classify["seconds"] + gated["seconds"]

@@ -1,4 +1,4 @@
-"""Stage retrieve: embed the queries, search the index, expand, label; write a submission.
+"""Stage retrieve: embed the queries, search the index, label each query; write a submission.
 
 `--variant gated` retrieves only the queries that the gate passes; `--variant all`
 retrieves every query, so that one `dvc repro` measures the system with and without
@@ -8,16 +8,19 @@ the gate.
 import argparse
 import os
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from glr.data import image_path, read_csv_columns
+from glr.data import image_path, non_landmark_pool, read_csv_columns
+from glr.descriptors import SearchDescriptor, load_embedding_model
 from glr.inference import embed_images
 from glr.io import write_csv, write_json, write_npy
-from glr.models import load_siamese
-from glr.retrieval import Prediction, recognise, write_submission
+from glr.models import PairHead
+from glr.retrieval import Prediction, recognise, recognise_knn, write_submission
 from glr.runtime import resolve_workers, start_stage
 
 VARIANTS = ("gated", "all")
@@ -26,50 +29,71 @@ VARIANTS = ("gated", "all")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--variant", choices=VARIANTS, required=True, help="which queries")
-    parser.add_argument("--model", type=Path, required=True, help="trained Siamese model")
+    parser.add_argument("--model", type=Path, required=True, help="trained embedding model")
     parser.add_argument("--index", type=Path, required=True, help="embed stage folder")
     parser.add_argument("--gate", type=Path, required=True, help="classify stage CSV")
     parser.add_argument("--images", type=Path, required=True, help="test image folder")
+    parser.add_argument("--solution", type=Path, required=True, help="recognition solution CSV")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
     args = parser.parse_args()
     params = start_stage(f"retrieve ({args.variant})")
     retrieval = params.retrieval
-    model, config = load_siamese(args.model)
+    model, config = load_embedding_model(args.model)
+    describe = SearchDescriptor(model, config, params.embed.untrained_weight)
 
     index = read_csv_columns(args.index / "index.csv", ["id", "landmark_id"])
-    index_embeddings = np.load(args.index / "index.npy")
+    index_descriptors = np.load(args.index / "index.npy")
     queries = read_csv_columns(args.gate, ["id", "landmark"])
     if args.variant == "all":
         selected = np.ones(len(queries), dtype=bool)
     else:
-        selected = (queries["landmark"] == "True").to_numpy(dtype=bool)
-    retrieved = queries[selected].reset_index(drop=True)
+        selected = (queries["landmark"] == "True").to_numpy(dtype=bool, copy=True)
+    pool_ids = non_landmark_pool(
+        params.retrieval.non_landmark_pool, args.solution, queries["id"].tolist()
+    )
 
+    # One embedding pass over the retrieved queries and the non-landmark pool together.
     started = time.perf_counter()
+    embedded_ids = pd.Series(sorted(set(queries["id"][selected]) | set(pool_ids)), dtype=str)
     mapped = embed_images(
-        model,
+        describe,
         config,
-        [image_path(args.images, image_id) for image_id in retrieved["id"]],
+        [image_path(args.images, image_id) for image_id in embedded_ids],
         batch_size=params.embed.batch_size,
         workers=resolve_workers(params.base.num_workers),
         desc=f"embed queries ({args.variant})",
         max_pixels=params.base.max_image_pixels,
+        image_size=params.embed.image_size,
     )
-    embedded = time.perf_counter()
+    row_of = {image_id: row for row, image_id in enumerate(embedded_ids[mapped.kept])}
     # Queries whose image cannot be read get no prediction (the classify stage lists them).
-    query_embeddings = mapped.values
-    selected[np.flatnonzero(selected)[~mapped.kept]] = False
-    retrieved = retrieved[mapped.kept].reset_index(drop=True)
-    result = recognise(
-        query_embeddings,
-        index_embeddings,
-        index["landmark_id"].astype("int64").to_numpy(),
-        model.pair_head,
-        top_k=retrieval.top_k,
-        query_expansion=retrieval.query_expansion,
-        threshold=retrieval.threshold,
-    )
+    selected = selected & queries["id"].isin(row_of).to_numpy()
+    retrieved = queries[selected].reset_index(drop=True)
+    query_descriptors = mapped.values[[row_of[i] for i in retrieved["id"]]]
+    embedded = time.perf_counter()
+
+    labels = index["landmark_id"].astype("int64").to_numpy()
+    if retrieval.scoring == "pair_head":
+        result = recognise(
+            query_descriptors,
+            index_descriptors,
+            labels,
+            typing.cast(PairHead, model.pair_head),
+            top_k=retrieval.top_k,
+            query_expansion=retrieval.query_expansion,
+            threshold=retrieval.threshold,
+        )
+    else:
+        pool = [image_id for image_id in pool_ids if image_id in row_of]
+        result = recognise_knn(
+            query_descriptors,
+            index_descriptors,
+            labels,
+            retrieval,
+            pool=mapped.values[[row_of[i] for i in pool]] if pool else None,
+            pool_exclude=retrieved["id"].to_numpy()[:, None] == np.array(pool)[None, :],
+        )
     finished = time.perf_counter()
 
     predictions: list[Prediction] = [None] * len(queries)
@@ -77,14 +101,17 @@ def main() -> None:
         predictions[position] = prediction
     write_submission(str(args.out / "submission.csv"), queries["id"].tolist(), predictions)
     write_csv(args.out / "queries.csv", retrieved[["id"]])
-    write_npy(args.out / "queries.npy", query_embeddings)
+    write_npy(args.out / "queries.npy", result.queries)
     write_npy(args.out / "expanded.npy", result.expanded_queries)
+    write_npy(args.out / "database.npy", result.database)
+    write_npy(args.out / "neighbours.npy", result.expanded_neighbours)
     write_json(
         args.metrics,
         {
             "queries": len(queries),
             "queries_retrieved": len(retrieved),
             "queries_labelled": sum(prediction is not None for prediction in predictions),
+            "non_landmark_pool": len(pool_ids),
             "seconds": finished - started,
             "seconds_embedding": embedded - started,
             "seconds_search": finished - embedded,

@@ -295,7 +295,7 @@ def test_parse_all_errors_together(shipped_raw: dict[str, Any]) -> None:
     assert "retrieval.top_k: must be >= 1, got 0" in message
     assert "split.test_fraction: must be > 0.0, got 0" in message
     assert "gate.pooling: must be one of avg, max, got 'mean'" in message
-    assert "retrieval.query_expansion: must be one of none, average, got 'median'" in message
+    assert "retrieval.query_expansion: must be one of none, average, alpha, got 'median'" in message
 
 
 def test_params_error_is_value_error(shipped_raw: dict[str, Any]) -> None:

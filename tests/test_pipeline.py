@@ -31,6 +31,7 @@ STAGES = [
     "score@gated",
     "score@all",
     "evaluate",
+    "baseline",
     "report",
 ]
 
@@ -44,9 +45,10 @@ def tiny_params(sample_dir: Path) -> dict:
     """The shipped params.yaml shrunk to a few classes, small images and one epoch."""
     params = YAML(typ="safe", pure=True).load((REPO_ROOT / "params.yaml").read_text())
     params["base"].update(image_size=64, num_workers=0)
+    params["embed"]["image_size"] = 64
     params["download"]["base_url"] = str(sample_dir)
     params["filter"]["max_classes"] = 6
-    params["split"]["test_fraction"] = 0.25
+    params["split"]["test_fraction"] = 0.5
     params["gate"].update(epochs=1, batch_size=16)
     params["siamese"].update(epochs=1, batch_classes=4)
     params["retrieval"]["top_k"] = 5
@@ -115,6 +117,12 @@ def test_repro_runs_every_stage(project: Path) -> None:
     assert 0.0 <= score["precision"] <= 1.0
     assert 0.0 <= score["recall"] <= 1.0
     assert score["num_queries"] > 0
+    assert score["scored_rows"] == "Private"
+    for key in ("top1_accuracy", "map_at_100"):
+        # None when no scored query of the few chosen classes shows a landmark.
+        assert score[key] is None or 0.0 <= score[key] <= 1.0
+    baseline = json.loads((project / "metrics" / "baseline.json").read_text())
+    assert baseline["num_queries"] == score["num_queries"]
     data = json.loads((project / "metrics" / "data.json").read_text())
     assert data["train_classes_selected"] == 6
     submission = project / "data" / "retrieve" / "all" / "submission.csv"
@@ -190,6 +198,7 @@ def test_report_profile_runs_tiny(tmp_path: Path, sample_dir: Path) -> None:
     apply_profile(REPO_ROOT / "profiles" / "report.yaml", params_path)
     params = YAML(typ="safe", pure=True).load(params_path.read_text())
     params["base"].update(image_size=64, num_workers=0)
+    params["embed"]["image_size"] = 64
     params["download"].update(base_url=str(sample_dir), train_shards=2, test_shards=1)
     params["filter"]["max_classes"] = 4
     params["split"]["test_fraction"] = 0.2
