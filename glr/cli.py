@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from glr.logs import setup_logging
 
@@ -33,6 +34,12 @@ def _apply_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from glr.predict import run
+
+    return run(args.photos, args.root, args.format, args.top_k)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("profile", help="YAML file with the params to change")
     profile.add_argument("--params", default="params.yaml", help="params file to update")
     profile.set_defaults(handler=_apply_profile)
+
+    predict = commands.add_parser(
+        "predict", help="recognise landmarks in photos with the trained pipeline"
+    )
+    predict.add_argument("photos", nargs="+", help="photo files or folders of photos")
+    predict.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output format"
+    )
+    predict.add_argument(
+        "--top-k", type=int, default=5, help="nearest training images listed per photo"
+    )
+    predict.add_argument(
+        "--root", type=Path, default=Path("."), help="project folder where `dvc repro` ran"
+    )
+    predict.set_defaults(handler=_predict)
     return parser
 
 

@@ -2,13 +2,12 @@
 
 `--variant gated` retrieves only the queries that the gate passes; `--variant all`
 retrieves every query, so that one `dvc repro` measures the system with and without
-the gate.
+the gate. `glr predict` labels new photos through the same `Recogniser`.
 """
 
 import argparse
 import os
 import time
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,9 @@ import pandas as pd
 import torch
 
 from glr.data import image_path, non_landmark_pool, read_csv_columns
-from glr.descriptors import SearchDescriptor, load_embedding_model
-from glr.inference import embed_images
 from glr.io import write_csv, write_json, write_npy
-from glr.models import PairHead
-from glr.retrieval import Prediction, recognise, recognise_knn, write_submission
+from glr.recognition import Recogniser
+from glr.retrieval import Prediction, write_submission
 from glr.runtime import resolve_workers, start_stage
 
 VARIANTS = ("gated", "all")
@@ -38,12 +35,8 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
     args = parser.parse_args()
     params = start_stage(f"retrieve ({args.variant})")
-    retrieval = params.retrieval
-    model, config = load_embedding_model(args.model)
-    describe = SearchDescriptor(model, config, params.embed.untrained_weight)
+    recogniser = Recogniser.load(params, args.model, args.index)
 
-    index = read_csv_columns(args.index / "index.csv", ["id", "landmark_id"])
-    index_descriptors = np.load(args.index / "index.npy")
     queries = read_csv_columns(args.gate, ["id", "landmark"])
     if args.variant == "all":
         selected = np.ones(len(queries), dtype=bool)
@@ -56,44 +49,22 @@ def main() -> None:
     # One embedding pass over the retrieved queries and the non-landmark pool together.
     started = time.perf_counter()
     embedded_ids = pd.Series(sorted(set(queries["id"][selected]) | set(pool_ids)), dtype=str)
-    mapped = embed_images(
-        describe,
-        config,
+    mapped = recogniser.embed(
         [image_path(args.images, image_id) for image_id in embedded_ids],
-        batch_size=params.embed.batch_size,
-        workers=resolve_workers(params.base.num_workers),
-        desc=f"embed queries ({args.variant})",
-        max_pixels=params.base.max_image_pixels,
-        image_size=params.embed.image_size,
+        resolve_workers(params.base.num_workers),
+        f"embed queries ({args.variant})",
     )
     row_of = {image_id: row for row, image_id in enumerate(embedded_ids[mapped.kept])}
     # Queries whose image cannot be read get no prediction (the classify stage lists them).
     selected = selected & queries["id"].isin(row_of).to_numpy()
     retrieved = queries[selected].reset_index(drop=True)
+    pool = [image_id for image_id in pool_ids if image_id in row_of]
+    recogniser.pool_ids = pool
+    recogniser.pool_descriptors = mapped.values[[row_of[i] for i in pool]] if pool else None
     query_descriptors = mapped.values[[row_of[i] for i in retrieved["id"]]]
     embedded = time.perf_counter()
 
-    labels = index["landmark_id"].astype("int64").to_numpy()
-    if retrieval.scoring == "pair_head":
-        result = recognise(
-            query_descriptors,
-            index_descriptors,
-            labels,
-            typing.cast(PairHead, model.pair_head),
-            top_k=retrieval.top_k,
-            query_expansion=retrieval.query_expansion,
-            threshold=retrieval.threshold,
-        )
-    else:
-        pool = [image_id for image_id in pool_ids if image_id in row_of]
-        result = recognise_knn(
-            query_descriptors,
-            index_descriptors,
-            labels,
-            retrieval,
-            pool=mapped.values[[row_of[i] for i in pool]] if pool else None,
-            pool_exclude=retrieved["id"].to_numpy()[:, None] == np.array(pool)[None, :],
-        )
+    result = recogniser.recognise(retrieved["id"].tolist(), query_descriptors)
     finished = time.perf_counter()
 
     predictions: list[Prediction] = [None] * len(queries)
@@ -105,13 +76,21 @@ def main() -> None:
     write_npy(args.out / "expanded.npy", result.expanded_queries)
     write_npy(args.out / "database.npy", result.database)
     write_npy(args.out / "neighbours.npy", result.expanded_neighbours)
+    # The pool is saved so that `glr predict` penalises new photos exactly as here.
+    write_csv(args.out / "pool.csv", pd.DataFrame({"id": pool}))
+    write_npy(
+        args.out / "pool.npy",
+        recogniser.pool_descriptors
+        if recogniser.pool_descriptors is not None
+        else np.zeros((0, 0), dtype=np.float32),
+    )
     write_json(
         args.metrics,
         {
             "queries": len(queries),
             "queries_retrieved": len(retrieved),
             "queries_labelled": sum(prediction is not None for prediction in predictions),
-            "non_landmark_pool": len(pool_ids),
+            "non_landmark_pool": len(pool),
             "seconds": finished - started,
             "seconds_embedding": embedded - started,
             "seconds_search": finished - embedded,

@@ -34,3 +34,17 @@ def test_check_params_reports_invalid(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["check-params", str(shipped)]) == 0
     assert main(["check-params", str(broken)]) == 2
     assert "gate.lr" in capsys.readouterr().err
+
+
+def test_predict_without_artifacts_names_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shipped = Path(__file__).resolve().parents[1] / "params.yaml"
+    (tmp_path / "params.yaml").write_text(shipped.read_text())
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"")
+
+    status = main(["predict", "--root", str(tmp_path), str(photo)])
+
+    assert status == 2
+    assert "run `dvc repro train_siamese` first" in capsys.readouterr().err

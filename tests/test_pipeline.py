@@ -14,6 +14,7 @@ import torch
 from mirror import MirrorServer
 from ruamel.yaml import YAML
 
+from glr.data import image_path
 from glr.params import load_params
 from glr.profiles import apply_profile
 
@@ -148,6 +149,51 @@ def test_metrics_and_params_shown(project: Path) -> None:
         assert name in metrics
     assert "siamese.lr" in params
     assert "retrieval.threshold" in params
+
+
+def test_predict_matches_retrieve(project: Path) -> None:
+    retrieved = (project / "data" / "retrieve" / "all" / "queries.csv").read_text().split()[1:6]
+    photos = [
+        str(image_path(project / "data" / "raw" / "test", image_id)) for image_id in retrieved
+    ]
+    submission = {
+        row.split(",")[0]: row.split(",")[1]
+        for row in (project / "data" / "retrieve" / "all" / "submission.csv")
+        .read_text()
+        .split()[1:]
+    }
+
+    output = run(["glr", "predict", "--format", "json", "--top-k", "3", *photos], project)
+
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert [Path(row["photo"]).stem for row in rows] == retrieved
+    for row in rows:
+        expected = submission[Path(row["photo"]).stem].split()
+        assert row["landmark_id"] == int(expected[0])
+        assert row["confidence"] == pytest.approx(float(expected[1]), abs=1e-5)
+        assert len(row["nearest_train_ids"]) == 3
+    assert "photos/s" in output
+
+
+def test_predict_skips_unreadable_photo(project: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("<html>not a photo</html>")
+    good = (project / "data" / "retrieve" / "all" / "queries.csv").read_text().split()[1]
+
+    output = run(
+        [
+            "glr",
+            "predict",
+            "--format",
+            "csv",
+            str(broken),
+            str(image_path(project / "data" / "raw" / "test", good)),
+        ],
+        project,
+    )
+
+    assert "skipped image broken: not an image" in output
+    assert f"{good}.jpg" in output
 
 
 def test_exp_run_lr_reruns_only_later_stages(project: Path) -> None:

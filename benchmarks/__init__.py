@@ -1,0 +1,1 @@
+"""Benchmarks of glr against its speed and memory targets; see BENCHMARKS.md."""
