@@ -39,32 +39,32 @@ REPORT_METHOD = [
 
 EXPERIMENTS: list[tuple[str, str, list[str]]] = [
     ("default", "every choice as in params.yaml", []),
-    (
-        "report-method",
-        "the report's method (contrastive pairs, pair head, threshold 0.9)",
-        REPORT_METHOD,
-    ),
-    ("pool-avg", "pooling: average instead of GeM", ["siamese.pooling=avg"]),
-    ("pool-max", "pooling: max instead of GeM", ["siamese.pooling=max"]),
-    ("dim-128", "embedding dimension 128 instead of 512", ["siamese.dim=128"]),
     ("no-whitening", "no PCA whitening", ["retrieval.whitening=false"]),
-    ("loss-subcenter", "loss: sub-center ArcFace (3 centres)", ["siamese.loss=subcenter_arcface"]),
-    (
-        "loss-contrastive",
-        "loss: the report's contrastive pairs (lr 3e-4), kNN scoring",
-        ["siamese.loss=contrastive", "siamese.dim=128"],
-    ),
-    ("size-128", "embedding at 128 px instead of 224", ["embed.image_size=128"]),
+    ("no-dba", "no database-side augmentation", ["retrieval.dba_n=0"]),
+    ("no-penalty", "no non-landmark penalty (beta 0)", ["retrieval.non_landmark_beta=0"]),
+    ("knn-1", "1-nearest-neighbour label instead of a 3-NN vote", ["retrieval.knn_k=1"]),
+    ("qe-average", "average query expansion (top 100)", ["retrieval.query_expansion=average"]),
+    ("qe-alpha", "alpha query expansion (n 10, alpha 3)", ["retrieval.query_expansion=alpha"]),
     (
         "trained-only",
         "trained embedding alone (no untrained GeM part)",
         ["embed.untrained_weight=0"],
     ),
-    ("knn-1", "1-nearest-neighbour label instead of a 3-NN vote", ["retrieval.knn_k=1"]),
-    ("qe-average", "average query expansion (top 100)", ["retrieval.query_expansion=average"]),
-    ("qe-alpha", "alpha query expansion (n 10, alpha 3)", ["retrieval.query_expansion=alpha"]),
-    ("no-dba", "no database-side augmentation", ["retrieval.dba_n=0"]),
-    ("no-penalty", "no non-landmark penalty (beta 0)", ["retrieval.non_landmark_beta=0"]),
+    ("size-128", "embedding at 128 px instead of 224", ["embed.image_size=128"]),
+    ("pool-avg", "pooling: average instead of GeM", ["siamese.pooling=avg"]),
+    ("loss-subcenter", "loss: sub-center ArcFace (3 centres)", ["siamese.loss=subcenter_arcface"]),
+    (
+        "report-method",
+        "the report's method (contrastive pairs, pair head, threshold 0.9)",
+        REPORT_METHOD,
+    ),
+    (
+        "loss-contrastive",
+        "loss: the report's contrastive pairs (lr 3e-4), kNN scoring",
+        ["siamese.loss=contrastive", "siamese.dim=128"],
+    ),
+    ("pool-max", "pooling: max instead of GeM", ["siamese.pooling=max"]),
+    ("dim-128", "embedding dimension 128 instead of 512", ["siamese.dim=128"]),
 ]
 
 COLUMNS = [
@@ -83,7 +83,7 @@ def commands(name: str, changes: list[str]) -> list[str]:
 
 
 def run_all() -> list[dict[str, object]]:
-    rows = []
+    rows: list[dict[str, object]] = []
     for name, description, changes in EXPERIMENTS:
         subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=ROOT, check=True)
         started = time.perf_counter()
@@ -103,6 +103,9 @@ def run_all() -> list[dict[str, object]]:
             }
         )
         print(f"{name}: {metrics['score_all']['gap']:.3f} in {seconds:.0f} s", flush=True)
+        # The page is rewritten after every row, so an interrupted batch keeps its results.
+        (ROOT / "docs" / "ablations.md").write_text(render(rows))
+        (ROOT / "docs" / "ablations.json").write_text(json.dumps(rows, indent=2) + "\n")
     subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=ROOT, check=True)
     return rows
 
@@ -157,9 +160,7 @@ def main() -> None:
         for name, _, changes in EXPERIMENTS:
             print(" ".join(commands(name, changes)))
         return
-    rows = run_all()
-    (ROOT / "docs" / "ablations.md").write_text(render(rows))
-    (ROOT / "docs" / "ablations.json").write_text(json.dumps(rows, indent=2) + "\n")
+    run_all()
 
 
 if __name__ == "__main__":
