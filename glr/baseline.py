@@ -74,15 +74,19 @@ def untrained_baseline(
     database_labels: Sequence[int],
     *,
     backbone: str = LITE0,
+    weights: str = "imagenet",
     image_size: int = BASELINE_IMAGE_SIZE,
     batch_size: int = 64,
     workers: int = 0,
 ) -> list[Prediction]:
     """Predict a landmark per query from untrained ImageNet features (average pooling).
 
+    `weights` is as for `create_classifier`: `imagenet` for the baseline proper, `none`
+    where no pretrained weights can be loaded (a smoke test).
+
     Returns one (landmark id, cosine confidence) per query path, in order.
     """
-    net = LandmarkNet(backbone, "imagenet", pooling="avg")
+    net = LandmarkNet(backbone, weights, pooling="avg")
     database = embed_paths(
         net, database_paths, image_size=image_size, batch_size=batch_size, workers=workers
     )

@@ -127,7 +127,8 @@ def retrieval_metrics(
 
     A landmark query without a prediction counts as wrong for top-1, and one that was not
     retrieved (the gate rejected it) scores 0 in mAP@100. Relevant index images are those
-    of the query's landmarks. Values are None when no scored query shows a landmark.
+    of the query's landmarks. A value is None when no scored query shows a landmark or,
+    for mAP@100, when no such landmark has an index image.
     """
     landmark_queries = [q for q in scored if ground_truth.get(q)]
     if not landmark_queries:
@@ -152,9 +153,13 @@ def retrieval_metrics(
         }
         for query_id in landmark_queries
     }
-    return {
-        "top1_accuracy": correct / len(landmark_queries),
-        "map_at_100": mean_average_precision_at_k(
-            {query_id: ranked.get(query_id, []) for query_id in landmark_queries}, relevant, 100
-        ),
-    }
+    # mAP is defined over queries whose landmark has index images; it is None without any.
+    relevant = {query_id: ids for query_id, ids in relevant.items() if ids}
+    map_at_100 = (
+        mean_average_precision_at_k(
+            {query_id: ranked.get(query_id, []) for query_id in relevant}, relevant, 100
+        )
+        if relevant
+        else None
+    )
+    return {"top1_accuracy": correct / len(landmark_queries), "map_at_100": map_at_100}

@@ -1,6 +1,6 @@
 """Recognition of query photos with the trained pipeline: the retrieve stage and `glr predict`.
 
-A `Recogniser` holds what the pipeline trained and indexed (the embedding model, the index
+A `Recogniser` contains what the pipeline trained and indexed (the embedding model, the index
 descriptors and labels, the known non-landmark pool) and labels query descriptors with
 the rule the params select, so the stage and the command share one code path.
 """

@@ -237,7 +237,7 @@ ROWS: tuple[Row, ...] = (
         "GAP with the gate",
         "0",
         ("score_gated", "gap"),
-        ("retrieval.threshold", "retrieval.query_expansion"),
+        ("retrieval.scoring", "retrieval.threshold", "retrieval.query_expansion"),
     ),
     Row(
         "System",
@@ -252,7 +252,7 @@ ROWS: tuple[Row, ...] = (
         "GAP without the gate",
         "0",
         ("score_all", "gap"),
-        ("retrieval.threshold", "retrieval.query_expansion"),
+        ("retrieval.scoring", "retrieval.threshold", "retrieval.query_expansion"),
     ),
     Row(
         "System",

@@ -10,7 +10,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import pandas as pd
 import torch
@@ -23,6 +22,7 @@ from glr.scoring import (
     alpha_query_expansion,
     cosine_search,
     database_augmentation,
+    flat_search,
     knn_vote,
     max_similarity,
     penalize_non_landmarks,
@@ -48,24 +48,7 @@ def search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarra
     Returns (squared distances, row ids), both (Q, min(k, N)), nearest first. Ties keep
     faiss's order. With an empty database or no queries the arrays have 0 columns or rows.
     """
-    database = as_descriptors(database, "database")
-    queries = as_descriptors(queries, "queries")
-    if database.shape[1] != queries.shape[1]:
-        raise ValueError(
-            f"queries have dimension {queries.shape[1]} but the database has {database.shape[1]}"
-        )
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-
-    k = min(k, len(database))
-    if k == 0 or len(queries) == 0:
-        empty = np.zeros((len(queries), k))
-        return empty.astype(np.float32), empty.astype(np.int64)
-
-    index = faiss.IndexFlatL2(database.shape[1])
-    index.add(database)
-    distances, ids = index.search(queries, int(k))
-    return distances, ids
+    return flat_search(queries, database, k, "l2")
 
 
 def average_query_expansion(

@@ -20,12 +20,14 @@ def _as_matrix(array: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(matrix, dtype=np.float32)
 
 
-def cosine_search(
-    queries: np.ndarray, database: np.ndarray, k: int
+def flat_search(
+    queries: np.ndarray, database: np.ndarray, k: int, metric: str = "ip"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Find each query's `k` most similar database rows by inner product.
+    """Find each query's `k` best database rows by exact search with a faiss flat index.
 
-    Returns (similarities, row ids), both (Q, min(k, N)), most similar first.
+    `metric` is `ip` (inner product, most similar first) or `l2` (squared L2 distance,
+    nearest first). Returns (scores, row ids), both (Q, min(k, N)). With an empty database
+    or no queries the arrays have 0 columns or rows.
     """
     queries = _as_matrix(queries, "queries")
     database = _as_matrix(database, "database")
@@ -38,13 +40,27 @@ def cosine_search(
     k = min(k, len(database))
     if k == 0 or len(queries) == 0:
         return (
-            np.zeros((len(queries), 0), dtype=np.float32),
-            np.zeros((len(queries), 0), dtype=np.int64),
+            np.zeros((len(queries), k), dtype=np.float32),
+            np.zeros((len(queries), k), dtype=np.int64),
         )
-    index = faiss.IndexFlatIP(database.shape[1])
+    index = (
+        faiss.IndexFlatIP(database.shape[1])
+        if metric == "ip"
+        else faiss.IndexFlatL2(database.shape[1])
+    )
     index.add(database)
-    similarities, ids = index.search(queries, int(k))
-    return similarities, ids
+    scores, ids = index.search(queries, int(k))
+    return scores, ids
+
+
+def cosine_search(
+    queries: np.ndarray, database: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Find each query's `k` most similar database rows by inner product.
+
+    Returns (similarities, row ids), both (Q, min(k, N)), most similar first.
+    """
+    return flat_search(queries, database, k, "ip")
 
 
 def _weighted_sum(

@@ -40,6 +40,7 @@ def main() -> None:
         [image_path(args.raw / "train", image_id) for image_id in index["id"]],
         index["landmark_id"].astype("int64").tolist(),
         backbone=params.siamese.backbone,
+        weights=params.siamese.weights,
         batch_size=params.embed.batch_size,
         workers=resolve_workers(params.base.num_workers),
     )

@@ -1,7 +1,8 @@
 """Stage score: GAP, precision, recall, top-1 and mAP@100, and ranks before and after QE.
 
 With a non-landmark pool taken from the Public test rows, only the Private rows are
-scored, so that no scored row was seen by the pipeline; otherwise all scored rows are.
+scored, so no scored row was seen by the pipeline. Without a pool, every row of the
+solution that is not Ignored is scored.
 """
 
 import argparse

@@ -3,7 +3,7 @@
 `siamese.loss: contrastive` trains the reference report's Siamese net (embedding plus pair
 head) on anchor / positive / negative pairs of the train classes, validated on the held-out
 classes. `arcface` and `subcenter_arcface` train a GeM embedding with a margin loss over
-every kept class, because the index holds all of them.
+every kept class, because the index contains all of them.
 """
 
 import argparse

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -156,12 +157,8 @@ def test_predict_matches_retrieve(project: Path) -> None:
     photos = [
         str(image_path(project / "data" / "raw" / "test", image_id)) for image_id in retrieved
     ]
-    submission = {
-        row.split(",")[0]: row.split(",")[1]
-        for row in (project / "data" / "retrieve" / "all" / "submission.csv")
-        .read_text()
-        .split()[1:]
-    }
+    with open(project / "data" / "retrieve" / "all" / "submission.csv", newline="") as handle:
+        submission = {row["id"]: row["landmarks"] for row in csv.DictReader(handle)}
 
     output = run(["glr", "predict", "--format", "json", "--top-k", "3", *photos], project)
 

@@ -193,3 +193,21 @@ def test_margin_training_learns_colours(tmp_path: Path) -> None:
 
     assert len(history) == 6
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_retrieval_metrics_landmark_not_indexed(tmp_path: Path) -> None:
+    submission = tmp_path / "submission.csv"
+    write_submission(str(submission), ["q1"], [(7, 0.9)])
+
+    metrics = retrieval_metrics(
+        submission,
+        ["q1"],
+        np.array([[0, 1]]),
+        np.array(["i1", "i2"]),
+        np.array([5, 6]),
+        {"q1": frozenset({7})},
+        {"q1"},
+    )
+
+    assert metrics["top1_accuracy"] == pytest.approx(1.0)
+    assert metrics["map_at_100"] is None
