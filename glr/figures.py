@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from glr.io import atomic_path  # noqa: E402
@@ -37,7 +38,10 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path, 
     for axis, metric in zip(axes, ("acc", "loss"), strict=True):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = [epoch.get(prefix + metric, np.nan) for epoch in history]
-            axis.plot(epochs, values, marker="o", label=label)
+            # Margin-loss training has no validation pass, so it draws no validation line.
+            if not np.all(np.isnan(values)):
+                axis.plot(epochs, values, marker="o", label=label)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_ylabel("accuracy" if metric == "acc" else "loss")
         axis.grid(alpha=0.3)
