@@ -126,7 +126,7 @@ def map_images(
 
 
 def preprocessing(config: dict[str, object]) -> dict[str, typing.Any]:
-    """The `map_usable_images` keywords for a trained model's recorded input size and norm."""
+    """Build the `map_usable_images` keywords from a trained model's input size and norm."""
     return {
         "image_size": int(str(config["image_size"])),
         "mean": typing.cast(Sequence[float], config["mean"]),

@@ -93,7 +93,7 @@ def label_by_threshold(
 
     `similarities` and `labels` are (Q, k). The confidence is the best similarity, so every
     class at or above the threshold is a candidate and the best one is reported (a
-    submission row holds one landmark). A query with no neighbour at the threshold gets None.
+    submission row contains one landmark). A query with no neighbour at the threshold gets None.
     """
     predictions: list[Prediction] = []
     for scores, classes in zip(similarities, labels, strict=True):
@@ -179,10 +179,11 @@ def recognise_knn(
 ) -> RetrievalResult:
     """Label queries by a similarity-weighted kNN vote over cosine neighbours.
 
-    Steps: L2 normalisation; optional PCA whitening learned on the database (with
-    shrinkage); database-side augmentation; query expansion (average or alpha-weighted);
-    top-k cosine search; a vote over the `knn_k` nearest images; and, with a pool of
-    known non-landmark photos, confidence minus beta x the query's similarity to the pool.
+    The descriptors are L2-normalised, then optionally PCA-whitened (learned on the
+    database, with shrinkage). The database is augmented, the queries are expanded
+    (average or alpha-weighted), and a top-k cosine search feeds a vote over the `knn_k`
+    nearest images. With a pool of known non-landmark photos, the confidence drops by
+    beta x the query's similarity to the pool.
     `pool_exclude` (Q, P) masks pool photos that are the query itself. A query with no
     neighbour (empty database) gets None. Confidences are finite for every input,
     including all-zero descriptors, which normalise to zero vectors.
