@@ -1,21 +1,29 @@
-"""Training loops for the landmark gate and the Siamese net, with per-epoch checkpoints."""
+"""Training loops for the landmark gate and the Siamese net, with per-epoch checkpoints.
+
+`train_gate` and `train_margin` also run data-parallel under `torchrun`: each rank trains
+on its shard of every epoch through a `DistributedSampler`, DistributedDataParallel
+averages the gradients, and rank 0 alone writes checkpoints and reports epochs. In a
+plain process (no process group) they shuffle with a seeded DataLoader as before.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from glr.distributed import barrier, collective_device, is_main, rank, world_size, wrap_ddp
 from glr.heads import LandmarkNet
 from glr.images import Batch, ImageDataset, PairDataset, SkipLog, collate_images, collate_pairs
 from glr.io import atomic_path
@@ -41,6 +49,15 @@ class RunningMean:
         self.loss += float(loss) * size
         self.correct += float(correct)
         self.count += size
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Replace this rank's sums by the sums over every rank (a collective call)."""
+        totals = torch.tensor(
+            [self.loss, self.correct, float(self.count)], dtype=torch.float64, device=device
+        )
+        dist.all_reduce(totals)
+        self.loss, self.correct, count = totals.tolist()
+        self.count = int(count)
 
     def result(self, prefix: str) -> dict[str, float]:
         if self.count == 0:
@@ -82,7 +99,8 @@ def _save_checkpoint(
     rng: np.random.Generator | None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> None:
-    if checkpointing.path is None:
+    # Every rank has the same weights, so one file from rank 0 serves them all.
+    if checkpointing.path is None or not is_main():
         return
     payload = {
         "fingerprint": checkpointing.fingerprint,
@@ -130,13 +148,175 @@ def _batches(
     batch of one. Such a batch is dropped: a last partial batch, or one left after
     skipped images.
     """
-    for batch in tqdm(loader, desc=desc, leave=False):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main()):
         if skips is not None:
             skips.extend(batch.skipped)
         if len(batch) >= minimum:
             yield batch
         elif len(batch):
             log.debug("%s: dropped a batch of %d item(s)", desc, len(batch))
+
+
+def per_rank_batch_size(batch_size: int, parameter: str) -> int:
+    """Return each rank's share of the global `batch_size` (all of it in one process).
+
+    Raises ValueError, naming the params entry `parameter`, when several ranks cannot
+    split the batch evenly with at least 2 images each (BatchNorm in training mode
+    needs 2).
+    """
+    ranks = world_size()
+    if ranks == 1:
+        return batch_size
+    if batch_size % ranks or batch_size // ranks < 2:
+        smallest = 2 * ranks
+        raise ValueError(
+            f"{parameter} = {batch_size} is the global batch over {ranks} ranks, so it must "
+            f"be a multiple of {ranks} with at least 2 images per rank: set it to "
+            f"{max(smallest, -(-batch_size // ranks) * ranks)} or another multiple of "
+            f"{ranks} that is at least {smallest}"
+        )
+    return batch_size // ranks
+
+
+def _in_process_group() -> bool:
+    """Return whether torchrun started this process, so training shards every epoch.
+
+    This holds for one rank too, so that `torchrun --nproc_per_node 1` runs the same
+    sampler as N ranks and is the reference that they reproduce.
+    """
+    return dist.is_initialized()
+
+
+def _training_device(module: nn.Module, sharded: bool) -> torch.device:
+    """Move `module` to the device of this rank's collectives (its GPU with NCCL)."""
+    if not sharded:
+        return torch.device("cpu")
+    # NOTE: only gloo on CPU has run. The NCCL path (model and batches on the GPU) is untested.
+    device = collective_device()
+    # Before the optimizer is built and a checkpoint restores its state on that device.
+    module.to(device)
+    return device
+
+
+def _sharded_loader(
+    dataset: Dataset, *, batch_size: int, workers: int, seed: int, epoch: int, drop_last: bool
+) -> DataLoader:
+    """Return a loader over this rank's shard of `dataset` for one epoch.
+
+    Every rank permutes the dataset alike (`seed` and `epoch`) and takes every
+    `world_size`-th image of the permutation, starting at its rank. The sampler drops
+    the last len(dataset) % world_size images of the permutation, so that every rank
+    has as many batches as the others, because DDP needs each rank to take every step.
+    """
+    sampler: DistributedSampler = DistributedSampler(
+        dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    # The generator seeds the workers, so random augmentations differ between ranks.
+    worker_seed = np.random.SeedSequence([seed, epoch, rank()]).generate_state(1)[0]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last and len(sampler) >= batch_size,
+        num_workers=workers,
+        generator=loader_generator(int(worker_seed)),
+        collate_fn=collate_images,
+    )
+
+
+def _steps_per_epoch(dataset_size: int, rank_batch: int) -> int:
+    """Count the optimizer steps of one epoch with drop_last, on every rank alike."""
+    # The sharded sampler gives each rank dataset_size // world_size images.
+    return max(1, dataset_size // world_size() // rank_batch)
+
+
+def _training_batches(
+    loader: Iterable[Batch],
+    skips: SkipLog | None,
+    desc: str,
+    sharded: bool,
+    device: torch.device,
+) -> Iterator[tuple[Batch, float]]:
+    """Yield each batch to train on, with the factor that weights its mean loss.
+
+    In one process the factor is 1 and batches of fewer than 2 images are dropped (see
+    `_batches`). With several ranks the factor is size * world_size / global size, so
+    DDP's average of the scaled per-rank means is the mean over every rank's images even
+    after skipped images made the shards uneven. A step is taken by every rank or by
+    none: it is skipped when any rank has fewer than 2 images, which keeps the ranks'
+    collectives and schedulers in step.
+    """
+    if not sharded:
+        for batch in _batches(loader, skips, desc, minimum=2):
+            yield batch, 1.0
+        return
+
+    for batch in _batches(loader, skips, desc, minimum=0):
+        # One all-reduce: the global image count and the number of ranks below 2 images.
+        sizes = torch.tensor([len(batch), int(len(batch) < 2)], dtype=torch.int64, device=device)
+        dist.all_reduce(sizes)
+        total, short_ranks = (int(value) for value in sizes.tolist())
+        if short_ranks:
+            log.debug(
+                "%s: %d rank(s) had under 2 images, so every rank skipped the step",
+                desc,
+                short_ranks,
+            )
+            continue
+        yield batch, len(batch) * world_size() / total
+
+
+def _backward(loss: torch.Tensor, factor: float) -> None:
+    # A factor of 1 leaves the graph of a single process exactly as it was.
+    (loss if factor == 1.0 else loss * factor).backward()
+
+
+def _check_same_epoch(epoch: int, checkpointing: Checkpointing, device: torch.device) -> None:
+    """Raise RuntimeError unless every rank resumed after the same epoch."""
+    bounds = torch.tensor([epoch, -epoch], dtype=torch.int64, device=device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    latest, earliest = int(bounds[0]), -int(bounds[1])
+    if latest != earliest:
+        raise RuntimeError(
+            f"ranks resumed after different epochs ({earliest} to {latest}): every rank must "
+            f"read the same checkpoint {checkpointing.path}, so put it on a file system that "
+            "all nodes share, or set base.resume to false"
+        )
+
+
+def _broadcast_buffers(module: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP keeps the parameters equal, but each rank's last forward updated the running
+    statistics with its own batch.
+    """
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def _gather_skips(skips: SkipLog | None) -> None:
+    """Merge every rank's skipped images into each rank's `skips` (a collective call)."""
+    if skips is None:
+        return
+    everyone: list[dict[str, str] | None] = [None] * world_size()
+    dist.all_gather_object(everyone, skips.reasons)
+    for reasons in everyone:
+        for image, reason in (reasons or {}).items():
+            # Direct insertion: the rank that met the image has logged it already.
+            skips.reasons.setdefault(image, reason)
+
+
+def _wait_for_checkpoint() -> None:
+    # Rank 0 writes the checkpoint. The other ranks wait for it, so that a run which
+    # resumes right after this one reads the same epoch on every rank.
+    barrier()
+
+
+def _validation_shard(dataset: Dataset) -> range:
+    # Uneven shards without padding, so that no image counts twice. Validation runs the
+    # unwrapped model, which needs no per-batch collective.
+    return range(rank(), len(dataset), world_size())  # type: ignore[arg-type]
 
 
 def train_gate(
@@ -156,51 +336,88 @@ def train_gate(
     """Train the gate with binary cross-entropy and Adam; return the metrics of every epoch.
 
     Metrics per epoch: `loss`, `acc` (train) and `val_loss`, `val_acc`, where accuracy
-    counts a prediction as positive when its probability is at least 0.5.
+    counts a prediction as positive when its probability is at least 0.5. Under torchrun,
+    `batch_size` is the global batch, the metrics cover every rank's images, and only
+    rank 0 calls `on_epoch` and writes the checkpoint.
     """
+    rank_batch = per_rank_batch_size(batch_size, "gate.batch_size")
+    sharded = _in_process_group()
+    device = _training_device(model, sharded)
     checkpointing = checkpointing or Checkpointing()
     optimizer = _optimizer(model, lr)
     criterion = nn.BCEWithLogitsLoss()
     state = _resume(checkpointing, model, optimizer, None)
+    if sharded:
+        _check_same_epoch(state.epoch, checkpointing, device)
+    on_epoch = on_epoch if is_main() else None
     _replay(state, on_epoch)
+    trainer = wrap_ddp(model)
     val_loader = DataLoader(
-        val_set, batch_size=batch_size, num_workers=workers, collate_fn=collate_images
+        val_set,
+        batch_size=rank_batch,
+        sampler=_validation_shard(val_set) if sharded else None,
+        num_workers=workers,
+        collate_fn=collate_images,
     )
 
     for epoch in range(state.epoch, epochs):
         started = time.perf_counter()
-        # One generator per epoch, so a resumed run shuffles as an uninterrupted one.
-        train_loader = DataLoader(
-            train_set,
-            batch_size=batch_size,
-            shuffle=True,
-            num_workers=workers,
-            generator=loader_generator(seed + epoch),
-            collate_fn=collate_images,
-        )
+        if sharded:
+            train_loader = _sharded_loader(
+                train_set,
+                batch_size=rank_batch,
+                workers=workers,
+                seed=seed,
+                epoch=epoch,
+                drop_last=False,
+            )
+        else:
+            # One generator per epoch, so a resumed run shuffles as an uninterrupted one.
+            train_loader = DataLoader(
+                train_set,
+                batch_size=batch_size,
+                shuffle=True,
+                num_workers=workers,
+                generator=loader_generator(seed + epoch),
+                collate_fn=collate_images,
+            )
 
-        model.train()
+        trainer.train()
         train = RunningMean()
-        for batch in _batches(train_loader, skips, f"gate epoch {epoch + 1}", minimum=2):
-            logits = model(batch.tensors[0])
-            loss = criterion(logits, batch.targets)
+        desc = f"gate epoch {epoch + 1}"
+        for batch, factor in _training_batches(train_loader, skips, desc, sharded, device):
+            targets = batch.targets.to(device)
+            logits = trainer(batch.tensors[0].to(device))
+            loss = criterion(logits, targets)
             optimizer.zero_grad()
-            loss.backward()
+            _backward(loss, factor)
             optimizer.step()
-            correct = ((logits >= 0).float() == batch.targets).sum()
+            correct = ((logits >= 0).float() == targets).sum()
             train.update(loss.detach(), correct, len(batch))
 
+        if sharded:
+            _broadcast_buffers(model)
         model.eval()
         val = RunningMean()
         with torch.no_grad():
             for batch in _batches(val_loader, skips, "gate validation"):
-                logits = model(batch.tensors[0])
-                correct = ((logits >= 0).float() == batch.targets).sum()
-                val.update(criterion(logits, batch.targets), correct, len(batch))
+                targets = batch.targets.to(device)
+                logits = model(batch.tensors[0].to(device))
+                correct = ((logits >= 0).float() == targets).sum()
+                val.update(criterion(logits, targets), correct, len(batch))
+        if sharded:
+            train.all_reduce(device)
+            val.all_reduce(device)
 
         metrics = {**train.result(""), **val.result("val_")}
         _finish_epoch("gate", epoch, epochs, metrics, started, state, on_epoch)
         _save_checkpoint(checkpointing, model, optimizer, state, None)
+        if sharded:
+            _wait_for_checkpoint()
+
+    if sharded:
+        _gather_skips(skips)
+        model.to("cpu")
     return state.history
 
 
@@ -230,8 +447,16 @@ def train_siamese(
     Each epoch visits every training class once, `batch_classes` classes per batch, and
     samples for each class an anchor, a positive and a negative (two pairs). Validation
     uses pairs sampled once from the held-out classes, so epochs compare on the same pairs.
-    A pair counts as correct when similarity >= 0.5 matches its target.
+    A pair counts as correct when similarity >= 0.5 matches its target. It runs in one
+    process only and raises RuntimeError at once when torchrun started several ranks.
     """
+    if world_size() > 1:
+        raise RuntimeError(
+            f"siamese.loss: contrastive trains in one process only, but torchrun started "
+            f"{world_size()} ranks: run the train_siamese stage with plain python (without "
+            "torchrun), or set siamese.loss to arcface or subcenter_arcface for data-parallel "
+            "training"
+        )
     checkpointing = checkpointing or Checkpointing()
     limit = {} if max_pixels is None else {"max_pixels": max_pixels}
     optimizer = _optimizer(model, lr)
@@ -318,18 +543,40 @@ def _finish_epoch(
     state: TrainingState,
     on_epoch: EpochCallback | None,
 ) -> None:
-    log.info(
-        "%s epoch %d/%d: %s (%.1f s)",
-        name,
-        epoch + 1,
-        epochs,
-        ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()),
-        time.perf_counter() - started,
-    )
+    # Under torchrun the metrics are already summed over the ranks, so rank 0 logs them.
+    if is_main():
+        log.info(
+            "%s epoch %d/%d: %s (%.1f s)",
+            name,
+            epoch + 1,
+            epochs,
+            ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()),
+            time.perf_counter() - started,
+        )
     state.epoch = epoch + 1
     state.history.append(metrics)
     if on_epoch:
         on_epoch(epoch, metrics)
+
+
+class MarginStep(nn.Module):
+    """An embedding net and its margin loss as one module: `forward(images, labels)`
+    returns the (B, dim) embeddings and the mean loss.
+
+    DDP wraps this module, so it all-reduces the gradients of the loss's class weights
+    along with the network's. Its state_dict keys start with `model.` and `loss.`.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.model(images)
+        return embeddings, self.loss(embeddings, labels)
 
 
 def train_margin(
@@ -354,7 +601,14 @@ def train_margin(
     at `lr` and the projection head and the loss's class weights at `head_lr`, both under
     a one-cycle cosine schedule with 10 % warm-up. Metrics per epoch: `loss` and `acc`,
     the share of images whose nearest class weight is their own class (margin not applied).
+    Under torchrun, `batch_size` is the global batch, the metrics cover every rank's
+    images, and only rank 0 calls `on_epoch` and writes the checkpoint.
     """
+    rank_batch = per_rank_batch_size(batch_size, "siamese.batch_size")
+    sharded = _in_process_group()
+    # The loss owns the class weights, so it is checkpointed and synchronised with the net.
+    step = MarginStep(model, loss_function)
+    device = _training_device(step, sharded)
     checkpointing = checkpointing or Checkpointing()
     body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")]
     head = [p for n, p in model.named_parameters() if n.startswith("head")]
@@ -365,38 +619,50 @@ def train_margin(
         ],
         weight_decay=weight_decay,
     )
-    steps_per_epoch = max(1, len(train_set) // batch_size)
+    steps_per_epoch = _steps_per_epoch(len(train_set), rank_batch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[lr, head_lr], total_steps=epochs * steps_per_epoch, pct_start=0.1
     )
-    # The loss owns the class weights, so it is checkpointed with the network.
-    both = nn.ModuleDict({"model": model, "loss": loss_function})
-    state = _resume(checkpointing, both, optimizer, None)
+    state = _resume(checkpointing, step, optimizer, None)
     if state.epoch and checkpointing.path is not None:
         payload = torch.load(checkpointing.path, map_location="cpu", weights_only=True)
         scheduler.load_state_dict(payload["scheduler"])
+    if sharded:
+        _check_same_epoch(state.epoch, checkpointing, device)
+    on_epoch = on_epoch if is_main() else None
     _replay(state, on_epoch)
+    trainer = wrap_ddp(step)
 
     for epoch in range(state.epoch, epochs):
         started = time.perf_counter()
         # drop_last keeps exactly steps_per_epoch scheduler steps per epoch.
-        loader = DataLoader(
-            train_set,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=len(train_set) >= batch_size,
-            num_workers=workers,
-            generator=loader_generator(seed + epoch),
-            collate_fn=collate_images,
-        )
-        model.train()
+        if sharded:
+            loader = _sharded_loader(
+                train_set,
+                batch_size=rank_batch,
+                workers=workers,
+                seed=seed,
+                epoch=epoch,
+                drop_last=True,
+            )
+        else:
+            loader = DataLoader(
+                train_set,
+                batch_size=batch_size,
+                shuffle=True,
+                drop_last=len(train_set) >= batch_size,
+                num_workers=workers,
+                generator=loader_generator(seed + epoch),
+                collate_fn=collate_images,
+            )
+        trainer.train()
         train = RunningMean()
-        for batch in _batches(loader, skips, f"margin epoch {epoch + 1}", minimum=2):
-            labels = batch.targets.long()
-            embeddings = model(batch.tensors[0])
-            loss = loss_function(embeddings, labels)
+        desc = f"margin epoch {epoch + 1}"
+        for batch, factor in _training_batches(loader, skips, desc, sharded, device):
+            labels = batch.targets.long().to(device)
+            embeddings, loss = trainer(batch.tensors[0].to(device), labels)
             optimizer.zero_grad()
-            loss.backward()
+            _backward(loss, factor)
             optimizer.step()
             if scheduler.last_epoch < scheduler.total_steps - 1:
                 scheduler.step()
@@ -405,6 +671,15 @@ def train_margin(
                 correct = (logits.argmax(dim=1) == labels).sum()
             train.update(loss.detach(), correct, len(batch))
 
+        if sharded:
+            _broadcast_buffers(step)
+            train.all_reduce(device)
         _finish_epoch("margin", epoch, epochs, train.result(""), started, state, on_epoch)
-        _save_checkpoint(checkpointing, both, optimizer, state, None, scheduler)
+        _save_checkpoint(checkpointing, step, optimizer, state, None, scheduler)
+        if sharded:
+            _wait_for_checkpoint()
+
+    if sharded:
+        _gather_skips(skips)
+        step.to("cpu")
     return state.history

@@ -1,14 +1,20 @@
-"""Stage train_gate: train the landmark-present classifier."""
+"""Stage train_gate: train the landmark-present classifier.
+
+Runs in one process, or data-parallel under `torchrun` (gate.batch_size is then the
+global batch). Rank 0 alone writes the model, figures, metrics and skip list.
+"""
 
 import argparse
 import dataclasses
 from pathlib import Path
 
 from glr.data import image_path, read_csv_columns
+from glr.distributed import is_main, process_group
 from glr.figures import plot_augmentations, plot_training_curves
 from glr.images import ImageDataset, SkipLog, eval_transform, train_transform
 from glr.io import write_json
 from glr.models import GateNet, count_parameters, keras_parameter_count, save_model
+from glr.params import Params
 from glr.runtime import resolve_workers, start_stage, training_fingerprint
 from glr.tracking import EpochLogger
 from glr.training import Checkpointing, train_gate
@@ -26,6 +32,11 @@ def main() -> None:
     parser.add_argument("--skipped", type=Path, required=True, help="CSV of skipped images")
     args = parser.parse_args()
     params = start_stage("train_gate")
+    with process_group():
+        run(args, params)
+
+
+def run(args: argparse.Namespace, params: Params) -> None:
     gate, size = params.gate, params.base.image_size
 
     model = GateNet(gate.backbone, gate.weights, gate.pooling, gate.frozen_blocks)
@@ -41,7 +52,8 @@ def main() -> None:
         targets = frame["label"].astype(float).tolist()
         datasets.append(ImageDataset(paths, targets, size, transform, params.base.max_image_pixels))
 
-    logger = EpochLogger(args.live)
+    # Only rank 0 logs epochs, so only it creates the dvclive folder.
+    logger = EpochLogger(args.live) if is_main() else None
     skips = SkipLog()
     checkpointing = Checkpointing(
         args.checkpoint, params.base.resume, training_fingerprint(params, params.gate)
@@ -59,6 +71,9 @@ def main() -> None:
         checkpointing=checkpointing,
         skips=skips,
     )
+    # Ranks other than 0 stop here, because rank 0 writes every output.
+    if logger is None:
+        return
     logger.close()
     plot_training_curves(logger.history, args.figures / "gate_curves.png", "Landmark gate")
     plot_augmentations(

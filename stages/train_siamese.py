@@ -4,6 +4,10 @@
 head) on anchor / positive / negative pairs of the train classes, validated on the held-out
 classes. `arcface` and `subcenter_arcface` train a GeM embedding with a margin loss over
 every kept class, because the index contains all of them.
+
+The margin losses also train data-parallel under `torchrun` (siamese.batch_size is then
+the global batch), and rank 0 alone writes the outputs. The contrastive loss trains in
+one process only.
 """
 
 import argparse
@@ -15,6 +19,7 @@ import pandas as pd
 from torch import nn
 
 from glr.data import image_path, read_csv_columns
+from glr.distributed import is_main, process_group
 from glr.figures import plot_pairs, plot_training_curves
 from glr.heads import LandmarkNet, create_margin_loss
 from glr.images import ImageDataset, SkipLog, eval_transform, train_transform
@@ -39,6 +44,11 @@ def main() -> None:
     parser.add_argument("--skipped", type=Path, required=True, help="CSV of skipped images")
     args = parser.parse_args()
     params = start_stage("train_siamese")
+    with process_group():
+        run(args, params)
+
+
+def run(args: argparse.Namespace, params: Params) -> None:
     siamese, size = params.siamese, params.base.image_size
 
     train = read_csv_columns(args.split / "siamese_train.csv", ["id", "landmark_id"])
@@ -46,7 +56,8 @@ def main() -> None:
     train_paths = [image_path(args.images, image_id) for image_id in train["id"]]
     train_labels = train["landmark_id"].astype("int64").to_numpy()
 
-    logger = EpochLogger(args.live)
+    # Only rank 0 logs epochs, so only it creates the dvclive folder.
+    logger = EpochLogger(args.live) if is_main() else None
     skips = SkipLog()
     checkpointing = Checkpointing(
         args.checkpoint, params.base.resume, training_fingerprint(params, siamese)
@@ -85,6 +96,9 @@ def main() -> None:
             params, pd.concat([train, val]), args.images, logger, checkpointing, skips, workers
         )
         kind = "margin"
+    # Ranks other than 0 stop here, because rank 0 writes every output.
+    if logger is None:
+        return
     logger.close()
     total, trainable = count_parameters(model)
 
@@ -123,7 +137,7 @@ def train_margin_model(
     params: Params,
     images: pd.DataFrame,
     folder: Path,
-    logger: EpochLogger,
+    logger: EpochLogger | None,
     checkpointing: Checkpointing,
     skips: SkipLog,
     workers: int,
