@@ -171,6 +171,11 @@ class RetrievalParams:
     whitening: bool = _spec(default=False)
     whitening_shrinkage: float = _spec(0.0, 1.0, default=0.5)
     knn_k: int = _spec(1, default=1)
+    # knn only: "Flat" searches exactly (blocked, bounded memory); any other faiss
+    # index_factory string (e.g. "IVF4096,Flat") builds an approximate index, searched with
+    # the faiss ParameterSpace settings in index_search (e.g. "nprobe=64").
+    index: str = _spec(default="Flat")
+    index_search: str = _spec(default="")
     # Pair-head similarity at or above which a neighbour's class becomes a label.
     threshold: float = _spec(0.0, 1.0, default=0.9)
     # Confidence minus beta x the similarity to the most similar known non-landmark photo.
@@ -233,6 +238,19 @@ def _check_combinations(params: Params) -> list[str]:
                 "embed.untrained_weight: must be 0 with retrieval.scoring pair_head, got "
                 f"{params.embed.untrained_weight}"
             )
+    retrieval = params.retrieval
+    if not retrieval.index.strip():
+        errors.append('retrieval.index: must be "Flat" or a faiss index_factory string, got ""')
+    elif retrieval.index != "Flat" and retrieval.scoring == "pair_head":
+        errors.append(
+            f"retrieval.index: pair_head scoring searches exactly, so it must be Flat, "
+            f"got {retrieval.index!r}"
+        )
+    if retrieval.index == "Flat" and retrieval.index_search:
+        errors.append(
+            f"retrieval.index_search: {retrieval.index_search!r} needs an approximate "
+            "retrieval.index (e.g. IVF4096,Flat); exact search takes no settings"
+        )
     if params.siamese.loss == "contrastive" and params.siamese.dim < 1:
         errors.append("siamese.dim: must be >= 1 with siamese.loss contrastive, got 0")
     return errors

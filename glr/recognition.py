@@ -67,8 +67,8 @@ class Recogniser:
     def embed(
         self, paths: list[Path], workers: int, desc: str, skips: SkipLog | None = None
     ) -> MappedImages:
-        """Search descriptors of image files, as the embed stage computes them."""
-        return embed_images(
+        """Search descriptors of image files, as the embed stage computes them (one process)."""
+        mapped = embed_images(
             self.describe,
             self.config,
             paths,
@@ -79,6 +79,9 @@ class Recogniser:
             skips=skips,
             image_size=self.params.embed.image_size,
         )
+        if mapped is None:
+            raise RuntimeError("query recognition runs in one process; run it without torchrun")
+        return mapped
 
     def recognise(self, query_ids: list[str], descriptors: np.ndarray) -> RetrievalResult:
         """Label queries (ids and descriptors, aligned) with the rule `retrieval.scoring` sets.

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from glr.index import DatabaseIndex, average_query_expansion
 from glr.io import write_csv
 from glr.models import PairHead
 from glr.params import RetrievalParams
 from glr.pooling import apply_whitening, fit_whitening, l2_normalize
 from glr.scoring import (
     alpha_query_expansion,
-    cosine_search,
     database_augmentation,
     flat_search,
     knn_vote,
@@ -49,24 +49,6 @@ def search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarra
     faiss's order. With an empty database or no queries the arrays have 0 columns or rows.
     """
     return flat_search(queries, database, k, "l2")
-
-
-def average_query_expansion(
-    queries: np.ndarray, database: np.ndarray, neighbours: np.ndarray
-) -> np.ndarray:
-    """Replace each query by the mean of its neighbours' descriptors (average QE).
-
-    `neighbours` is (Q, k) database row ids; ids of -1 (missing neighbours) are skipped,
-    and a query with no neighbour at all stays as it is.
-    """
-    queries = as_descriptors(queries, "queries")
-    database = as_descriptors(database, "database")
-    expanded = queries.copy()
-    for row, ids in enumerate(neighbours):
-        valid = ids[ids >= 0]
-        if len(valid):
-            expanded[row] = database[valid].mean(axis=0)
-    return expanded
 
 
 def pair_similarities(
@@ -200,13 +182,19 @@ def recognise_knn(
         pool = None if pool is None else apply_whitening(pool, whitening)
     database = database_augmentation(database, settings.dba_n, settings.dba_alpha)
 
-    _, neighbours = cosine_search(queries, database, settings.top_k)
+    try:
+        index = DatabaseIndex.build(
+            database, settings.index, "ip", search_parameters=settings.index_search
+        )
+    except ValueError as error:
+        raise ValueError(f"retrieval.index / retrieval.index_search: {error}") from error
+    _, neighbours = index.search(queries, settings.top_k)
     expanded = queries
     if settings.query_expansion == "average":
         expanded = l2_normalize(average_query_expansion(queries, database, neighbours))
     elif settings.query_expansion == "alpha":
         expanded = alpha_query_expansion(queries, database, settings.qe_n, settings.qe_alpha)
-    similarities, expanded_neighbours = cosine_search(expanded, database, settings.top_k)
+    similarities, expanded_neighbours = index.search(expanded, settings.top_k)
 
     predictions: list[Prediction] = [None] * len(queries)
     if similarities.shape[1] > 0:
@@ -220,8 +208,9 @@ def recognise_knn(
             confidences = penalize_non_landmarks(
                 confidences, pool_similarity, settings.non_landmark_beta
             )
+        # An approximate index can leave a query without any neighbour (label -1).
         predictions = [
-            (int(label), float(confidence))
+            (int(label), float(confidence)) if label >= 0 else None
             for label, confidence in zip(labels, confidences, strict=True)
         ]
     return RetrievalResult(

@@ -1,4 +1,4 @@
-"""Process-wide settings: seeds, torch threads and DataLoader worker counts."""
+"""Process-wide settings: seeds, torch and faiss threads, DataLoader worker counts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import random
 import numpy as np
 import torch
 
+from glr.index import set_faiss_threads
 from glr.logs import setup_logging
 from glr.params import Params, load_params
 
@@ -23,18 +24,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def configure_torch(threads: int) -> None:
-    """Set torch's intra-op threads (0 keeps torch's default) and log the machine."""
+def processes_per_node() -> int:
+    """Processes that share this machine's CPUs: torchrun's LOCAL_WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def cpus_per_process() -> int:
+    """This machine's CPUs divided among the processes torchrun started on it (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // processes_per_node())
+
+
+def configure_threads(threads: int) -> None:
+    """Set torch's and faiss's threads and log the machine.
+
+    0 keeps torch's default in a plain process and gives each torchrun process its share
+    of the CPUs (torchrun would otherwise leave every process at one thread).
+    """
+    if threads == 0 and processes_per_node() > 1:
+        threads = cpus_per_process()
     if threads > 0:
         torch.set_num_threads(threads)
+        set_faiss_threads(threads)
     log.info("CPUs: %s, torch threads: %d", os.cpu_count(), torch.get_num_threads())
 
 
 def resolve_workers(num_workers: int) -> int:
-    """Return the DataLoader worker count: -1 means one per CPU."""
+    """Return the DataLoader worker count: -1 means one per CPU (per torchrun process)."""
     if num_workers >= 0:
         return num_workers
-    return os.cpu_count() or 1
+    return cpus_per_process()
 
 
 def loader_generator(seed: int) -> torch.Generator:
@@ -50,7 +71,7 @@ def start_stage(name: str, params_path: str = "params.yaml") -> Params:
     params = load_params(params_path)
     log.info("stage %s: start", name)
     seed_everything(params.base.seed)
-    configure_torch(params.base.threads)
+    configure_threads(params.base.threads)
     return params
 
 

@@ -2,14 +2,14 @@
 penalty for queries that look like known non-landmark photos.
 
 Every descriptor here is a row of an (N, D) float array with unit L2 norm, so the inner
-product is the cosine similarity. Search is exact (faiss `IndexFlatIP`).
+product is the cosine similarity. Searches here are exact (`glr.index.exact_search`).
 """
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
+from glr.index import exact_search
 from glr.pooling import l2_normalize
 
 
@@ -23,7 +23,7 @@ def _as_matrix(array: np.ndarray, name: str) -> np.ndarray:
 def flat_search(
     queries: np.ndarray, database: np.ndarray, k: int, metric: str = "ip"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Find each query's `k` best database rows by exact search with a faiss flat index.
+    """Find each query's `k` best database rows by exact search (`glr.index.exact_search`).
 
     `metric` is `ip` (inner product, most similar first) or `l2` (squared L2 distance,
     nearest first). Returns (scores, row ids), both (Q, min(k, N)). With an empty database
@@ -43,14 +43,7 @@ def flat_search(
             np.zeros((len(queries), k), dtype=np.float32),
             np.zeros((len(queries), k), dtype=np.int64),
         )
-    index = (
-        faiss.IndexFlatIP(database.shape[1])
-        if metric == "ip"
-        else faiss.IndexFlatL2(database.shape[1])
-    )
-    index.add(database)
-    scores, ids = index.search(queries, int(k))
-    return scores, ids
+    return exact_search(database, queries, int(k), metric="ip" if metric == "ip" else "l2")
 
 
 def cosine_search(
@@ -125,7 +118,8 @@ def knn_vote(
 
     `similarities` and `ids` are (Q, >= k) search results, most similar first, and
     `labels` maps database rows to class ids. Returns (class per query, its summed
-    similarity). Ties go to the class whose best neighbour ranks first.
+    similarity). Ties go to the class whose best neighbour ranks first. A query whose
+    top `k` are all missing (id -1) gets class -1 and score -inf.
     """
     similarities = np.asarray(similarities, dtype=np.float32)
     ids = np.asarray(ids)
@@ -139,12 +133,14 @@ def knn_vote(
     if similarities.shape[1] == 0:
         raise ValueError("the search returned no neighbours, so no class can be voted for")
 
-    top_similarities = similarities[:, :k]
-    top_labels = labels[ids[:, :k]]
+    # Missing neighbours (id -1, from an approximate index) have no class and no weight.
+    found = ids[:, :k] >= 0
+    top_similarities = np.where(found, similarities[:, :k], 0.0).astype(np.float32)
+    top_labels = np.where(found, labels[ids[:, :k].clip(min=0)], -1)
     # (Q, k, k): same[q, i, j] is True when neighbours i and j of query q share a class,
     # so a row sum gives the class score seen from each neighbour.
-    same = top_labels[:, :, None] == top_labels[:, None, :]
-    class_scores = np.einsum("qij,qj->qi", same, top_similarities)
+    same = (top_labels[:, :, None] == top_labels[:, None, :]) & found[:, None, :]
+    class_scores = np.where(found, np.einsum("qij,qj->qi", same, top_similarities), -np.inf)
     # argmax returns the first maximum, i.e. the best-ranked neighbour of the best class.
     best = np.argmax(class_scores, axis=1)
     rows = np.arange(len(best))

@@ -1,4 +1,8 @@
-"""Stage embed: search descriptors of the index, which is every kept train image."""
+"""Stage embed: search descriptors of the index, which is every kept train image.
+
+Runs as one process (`python stages/embed.py ...`) or as several under
+`torchrun --nproc_per_node N stages/embed.py ...`, each embedding its share of the images.
+"""
 
 import argparse
 from pathlib import Path
@@ -7,9 +11,11 @@ import pandas as pd
 
 from glr.data import image_path, read_csv_columns
 from glr.descriptors import SearchDescriptor, load_embedding_model
+from glr.distributed import process_group
 from glr.images import SkipLog
 from glr.inference import embed_images
-from glr.io import write_csv, write_json, write_npy
+from glr.io import write_csv, write_json
+from glr.params import Params
 from glr.runtime import resolve_workers, start_stage
 
 
@@ -23,6 +29,11 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
     args = parser.parse_args()
     params = start_stage("embed")
+    with process_group():
+        run(args, params)
+
+
+def run(args: argparse.Namespace, params: Params) -> None:
     model, config = load_embedding_model(args.model)
     describe = SearchDescriptor(model, config, params.embed.untrained_weight)
 
@@ -43,10 +54,13 @@ def main() -> None:
         max_pixels=params.base.max_image_pixels,
         skips=skips,
         image_size=params.embed.image_size,
+        out=args.out / "index.npy",
     )
 
+    # Rank 0 alone gets the result and writes the outputs, after every rank has finished.
+    if mapped is None:
+        return
     # Unreadable images leave the index; the CSV rows stay aligned with the array rows.
-    write_npy(args.out / "index.npy", mapped.values)
     write_csv(args.out / "index.csv", index[mapped.kept])
     skips.write(args.skipped)
     write_json(args.metrics, {"index_images": int(mapped.kept.sum()), "images_skipped": len(skips)})

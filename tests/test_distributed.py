@@ -24,6 +24,7 @@ from glr.distributed import (
     DistributedEnv,
     IndexedImages,
     NpyRowWriter,
+    decoded_batches,
     detect_env,
     distributed_loader,
     embed_paths,
@@ -34,7 +35,7 @@ from glr.distributed import (
     shutdown_distributed,
     wrap_ddp,
 )
-from glr.images import eval_transform, load_rgb
+from glr.images import SkipLog, eval_transform, load_rgb
 from glr.inference import map_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +118,10 @@ def worker(images: Path, out: Path) -> None:
     if is_main():
         assert gathered is not None
         assert streamed is not None
-        np.save(out / "gathered.npy", gathered)
-        assert np.array_equal(np.asarray(streamed), np.load(out / "streamed.npy"))
+        # The last file is not a JPEG: every rank must agree that it is skipped.
+        assert gathered[1].tolist() == [True] * (len(paths) - 1) + [False]
+        np.save(out / "gathered.npy", gathered[0])
+        assert np.array_equal(np.asarray(streamed[0]), np.load(out / "streamed.npy"))
         (out / "weights.json").write_text(json.dumps(weights))
         (out / "world.json").write_text(json.dumps(env.world_size))
     shutdown_distributed()
@@ -130,9 +133,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_torchrun(processes: int, images: Path, out: Path) -> None:
-    out.mkdir(parents=True)
-    environment = {
+def torchrun_environment() -> dict[str, str]:
+    """The environment for test workers under torchrun: offline, loopback only, 1 thread."""
+    return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         # Keep gloo's connections on the loopback interface.
@@ -140,6 +143,11 @@ def run_torchrun(processes: int, images: Path, out: Path) -> None:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO_ROOT),
     }
+
+
+def run_torchrun(processes: int, images: Path, out: Path) -> None:
+    out.mkdir(parents=True)
+    environment = torchrun_environment()
     command = [
         sys.executable,
         "-m",
@@ -166,6 +174,8 @@ def run_torchrun(processes: int, images: Path, out: Path) -> None:
 def test_two_ranks_match_one_rank(tmp_path: Path):
     images = tmp_path / "images"
     paths = write_jpegs(images, 21, seed=0)
+    # An HTML page saved as the last .jpg: one rank reads it, both must skip it.
+    (images / "999.jpg").write_text("<html></html>")
     run_torchrun(1, images, tmp_path / "one")
     run_torchrun(2, images, tmp_path / "two")
 
@@ -248,9 +258,10 @@ def test_indexed_images_match_eval_transform(tmp_path: Path):
     transform = eval_transform(IMAGE_SIZE, MEAN, STD)
 
     for position, path in enumerate(paths):
-        index, image = dataset[position]
+        index, image, reason = dataset[position]
         expected = transform(load_rgb(path, IMAGE_SIZE))
         assert index == position
+        assert reason == ""
         assert image.dtype == torch.uint8
         torch.testing.assert_close(normalise(image[None], MEAN, STD)[0], expected)
 
@@ -269,10 +280,58 @@ def test_embed_paths_matches_map_images(tmp_path: Path):
     assert gathered is not None
     assert streamed is not None
     assert channels_last is not None
-    np.testing.assert_allclose(gathered, expected, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(streamed), gathered)
-    np.testing.assert_allclose(channels_last, expected, atol=1e-5)
+    np.testing.assert_allclose(gathered[0], expected, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(streamed[0]), gathered[0])
+    np.testing.assert_allclose(channels_last[0], expected, atol=1e-5)
+    assert gathered[1].all()
+    assert streamed[1].all()
     assert not (tmp_path / "out.npy.partial").exists()
+
+
+def test_embed_paths_skips_unusable_images(tmp_path: Path):
+    paths = write_jpegs(tmp_path / "images", 6, seed=4)
+    paths[1].write_text("<html>not an image</html>")
+    paths[4].write_bytes(b"")
+    missing = tmp_path / "images" / "missing.jpg"
+    paths.append(missing)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    options = dict(image_size=IMAGE_SIZE, mean=MEAN, std=STD, batch_size=4, workers=0)
+    usable = [paths[i] for i in (0, 2, 3, 5)]
+    expected = map_images(model, usable, desc="reference", **options)  # type: ignore[arg-type]
+
+    for out in (None, tmp_path / "index.npy"):
+        skips = SkipLog()
+        result = embed_paths(model, paths, dim=4, out=out, skips=skips, **options)  # type: ignore[arg-type]
+
+        assert result is not None
+        values, kept = result
+        assert kept.tolist() == [True, False, True, True, False, True, False]
+        np.testing.assert_allclose(np.asarray(values), expected, atol=1e-6)
+        assert skips.reasons == {
+            "001": "not an image Pillow can decode",
+            "004": "empty file",
+            "missing": "file not found",
+        }
+    assert np.load(tmp_path / "index.npy").shape == (4, 4)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "index.npy"]
+
+
+def test_decoded_batches_threads_match_processes(tmp_path: Path):
+    paths = write_jpegs(tmp_path, 7, seed=5)
+    dataset = IndexedImages(paths, IMAGE_SIZE)
+    order = [6, 0, 3, 1, 2, 5, 4]
+
+    # A device other than the CPU selects DataLoader worker processes; "meta" needs no GPU.
+    with_threads = list(decoded_batches(dataset, order, 3, 1, torch.device("cpu")))
+    with_processes = list(decoded_batches(dataset, order, 3, 1, torch.device("meta")))
+
+    assert [len(batch[0]) for batch in with_threads] == [3, 3, 1]
+    assert torch.cat([batch[0] for batch in with_threads]).tolist() == order
+    for threaded, forked in zip(with_threads, with_processes, strict=True):
+        assert torch.equal(threaded[0], forked[0])
+        assert torch.equal(threaded[1], forked[1])
+        assert list(threaded[2]) == list(forked[2]) == [""] * len(threaded[0])
 
 
 def test_embed_paths_no_images(tmp_path: Path):
@@ -293,8 +352,8 @@ def test_embed_paths_no_images(tmp_path: Path):
         out=tmp_path / "empty.npy",
     )
 
-    assert result is not None and result.shape == (0, 5)
-    assert streamed is not None and streamed.shape == (0, 5)
+    assert result is not None and result[0].shape == (0, 5)
+    assert streamed is not None and streamed[0].shape == (0, 5)
 
 
 def test_npy_row_writer_scattered_rows(tmp_path: Path):

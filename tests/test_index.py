@@ -10,8 +10,10 @@ import pytest
 
 import glr.retrieval
 from glr.index import (
+    EXACT,
     MISSING_IP,
     MISSING_L2,
+    DatabaseIndex,
     average_query_expansion,
     build_index,
     exact_search,
@@ -228,17 +230,32 @@ def test_exact_search_restores_faiss_tiles():
     assert after == before
 
 
-def test_average_query_expansion_matches_retrieval():
+def test_average_query_expansion_matches_loop():
+    # 5,000 queries span two expansion blocks; -1 ids are missing neighbours.
     database = seeded(300, 8, 17)
-    queries = seeded(2500, 8, 18)
-    neighbours = np.random.default_rng(19).integers(-1, 300, size=(2500, 6))
+    queries = seeded(5000, 8, 18)
+    neighbours = np.random.default_rng(19).integers(-1, 300, size=(5000, 6))
     neighbours[3] = -1
 
     expanded = average_query_expansion(queries, database, neighbours)
 
-    expected = glr.retrieval.average_query_expansion(queries, database, neighbours)
-    np.testing.assert_allclose(expanded, expected, atol=1e-6)
+    for row in (0, 3, 4095, 4096, 4999):
+        ids = neighbours[row][neighbours[row] >= 0]
+        expected = database[ids].astype(np.float64).mean(axis=0) if len(ids) else queries[row]
+        np.testing.assert_allclose(expanded[row], expected, atol=1e-6, err_msg=str(row))
     np.testing.assert_array_equal(expanded[3], queries[3])
+
+
+def test_average_query_expansion_reads_float64_memmap(tmp_path: Path):
+    path = tmp_path / "database.npy"
+    np.save(path, seeded(50, 4, 30).astype(np.float64))
+    database = np.load(path, mmap_mode="r")
+    neighbours = np.array([[0, 1], [2, -1]])
+
+    expanded = average_query_expansion(seeded(2, 4, 31), database, neighbours)
+
+    np.testing.assert_allclose(expanded[0], (database[0] + database[1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(expanded[1], database[2], atol=1e-6)
 
 
 def test_search_with_expansion_searches_expanded_queries():
@@ -347,3 +364,70 @@ def test_set_faiss_threads():
             set_faiss_threads(-1)
     finally:
         faiss.omp_set_num_threads(before)
+
+
+# DatabaseIndex
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_database_index_flat_is_exact(metric: str):
+    database, queries = seeded(300, 8, 1), seeded(17, 8, 2)
+
+    scores, ids = DatabaseIndex.build(database, EXACT, metric).search(queries, 5)
+
+    assert_matches_brute_force(database, queries, 5, scores, ids, metric)
+
+
+def test_database_index_clips_k_to_database_size():
+    database = seeded(4, 8, 3)
+
+    scores, ids = DatabaseIndex.build(database).search(seeded(3, 8, 4), 10)
+
+    assert scores.shape == ids.shape == (3, 4)
+    assert sorted(ids[0].tolist()) == [0, 1, 2, 3]
+
+
+def test_database_index_empty_database_gives_no_columns():
+    empty = np.zeros((0, 8), dtype=np.float32)
+
+    for factory in (EXACT, "IVF4,Flat"):
+        scores, ids = DatabaseIndex.build(empty, factory, "ip").search(seeded(2, 8, 5), 3)
+        assert scores.shape == ids.shape == (2, 0)
+
+
+def test_database_index_ivf_all_lists_equals_exact():
+    database, queries = seeded(2_000, 16, 6), seeded(50, 16, 7)
+    exact = DatabaseIndex.build(database, EXACT, "ip")
+    approximate = DatabaseIndex.build(
+        database, "IVF8,Flat", "ip", search_parameters="nprobe=8", train_size=2_000
+    )
+
+    _, exact_ids = exact.search(queries, 10)
+    _, approximate_ids = approximate.search(queries, 10)
+
+    assert approximate.index is not None and faiss.extract_index_ivf(approximate.index).nprobe == 8
+    assert recall_at_k(approximate_ids, exact_ids, 10) == 1.0
+
+
+def test_database_index_ivf_one_probe_misses_some():
+    database, queries = seeded(2_000, 16, 8), seeded(50, 16, 9)
+
+    _, exact_ids = DatabaseIndex.build(database, EXACT, "ip").search(queries, 10)
+    _, ids = DatabaseIndex.build(database, "IVF32,Flat", "ip", train_size=2_000).search(queries, 10)
+
+    assert 0.0 < recall_at_k(ids, exact_ids, 10) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("factory", "parameters", "message"),
+    [
+        ("NoSuchIndex", "", "faiss cannot build index 'NoSuchIndex' for 16-d rows"),
+        ("IVF8,Flat", "nprobe=zero", "cannot apply search parameters 'nprobe=zero'"),
+        (EXACT, "nprobe=4", "need an approximate index"),
+    ],
+)
+def test_database_index_rejects_bad_settings(factory: str, parameters: str, message: str):
+    with pytest.raises(ValueError, match=message):
+        DatabaseIndex.build(
+            seeded(500, 16, 10), factory, "ip", search_parameters=parameters, train_size=500
+        )

@@ -319,3 +319,36 @@ def test_known_backbones_accepted(shipped_raw: dict[str, Any]) -> None:
 
     assert params.gate.backbone == "resnet50"
     assert params.siamese.backbone == "resnet152"
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"retrieval.index": " "}, 'retrieval.index: must be "Flat" or a faiss'),
+        ({"retrieval.index_search": "nprobe=8"}, "retrieval.index_search: 'nprobe=8' needs"),
+        (
+            {
+                "retrieval.index": "IVF64,Flat",
+                "retrieval.scoring": "pair_head",
+                "siamese.loss": "contrastive",
+                "embed.untrained_weight": 0.0,
+            },
+            "retrieval.index: pair_head scoring searches exactly",
+        ),
+    ],
+)
+def test_index_settings_checked(
+    shipped_raw: dict[str, Any], changes: dict[str, Any], problem: str
+) -> None:
+    message = error_message(with_changes(shipped_raw, changes))
+
+    assert problem in message
+
+
+def test_approximate_index_accepted(shipped_raw: dict[str, Any]) -> None:
+    changes = {"retrieval.index": "IVF4096,Flat", "retrieval.index_search": "nprobe=64"}
+
+    params = parse_params(with_changes(shipped_raw, changes))
+
+    assert params.retrieval.index == "IVF4096,Flat"
+    assert params.retrieval.index_search == "nprobe=64"

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mirror import MirrorServer
 from ruamel.yaml import YAML
+from test_distributed import free_port
 
 from glr.data import image_path
 from glr.params import load_params
@@ -295,3 +297,66 @@ def test_forced_repro_repeats_metrics(project: Path) -> None:
     assert metrics_without_timings(project) == first
     for name, data in figures.items():
         assert (project / "metrics" / "figures" / name).read_bytes() == data, name
+
+
+def test_embed_stage_under_torchrun_matches_one_process(project: Path, tmp_path: Path) -> None:
+    run(["dvc", "repro", "embed"], project)
+    out = tmp_path / "index"
+
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "stages/embed.py",
+            "--model",
+            "models/siamese.pt",
+            "--split",
+            "data/split",
+            "--images",
+            "data/raw/train",
+            "--out",
+            str(out),
+            "--skipped",
+            str(tmp_path / "skipped.csv"),
+            "--metrics",
+            str(tmp_path / "embed.json"),
+        ],
+        project,
+    )
+
+    one = np.load(project / "data" / "index" / "index.npy")
+    two = np.load(out / "index.npy")
+    assert (out / "index.csv").read_text() == (project / "data" / "index" / "index.csv").read_text()
+    # Each rank embeds other batches, so oneDNN may sum in another order: a few float32 ulps.
+    np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "embed.json").read_text()) == json.loads(
+        (project / "metrics" / "embed.json").read_text()
+    )
+    assert sorted(path.name for path in out.iterdir()) == ["index.csv", "index.npy"]
+
+
+def test_dvc_remote_shares_results(project: Path, tmp_path: Path) -> None:
+    # A local folder remote goes through the same push and pull as an s3:// or gs:// one.
+    run(["dvc", "repro"], project)
+    run(
+        ["dvc", "remote", "add", "--force", "--default", "shared", str(tmp_path / "remote")],
+        project,
+    )
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "Results and remote"], project)
+    run(["dvc", "push"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+
+    run(["dvc", "pull"], clone)
+
+    assert "up to date" in run(["dvc", "status"], clone)
+    for name in ("models/siamese.pt", "models/gate.pt", "data/index/index.npy"):
+        assert (clone / name).read_bytes() == (project / name).read_bytes(), name

@@ -80,6 +80,26 @@ def test_knn_labels_clusters_with_every_option() -> None:
     assert result.database.shape == (12, 11)
 
 
+def test_knn_with_ivf_index_matches_exact() -> None:
+    queries, database, labels = clusters(2)
+    # Every list probed: the approximate index returns exactly the exact neighbours.
+    ivf = dataclasses.replace(PLAIN, index="IVF2,Flat", index_search="nprobe=2")
+
+    exact = recognise_knn(queries, database, labels, PLAIN)
+    approximate = recognise_knn(queries, database, labels, ivf)
+
+    np.testing.assert_array_equal(approximate.expanded_neighbours, exact.expanded_neighbours)
+    assert [p[0] for p in approximate.predictions] == [10, 20, 30]  # type: ignore[index]
+
+
+def test_knn_bad_index_names_the_parameter() -> None:
+    queries, database, labels = clusters(3)
+    settings = dataclasses.replace(PLAIN, index="IVF2,NoSuchCodec")
+
+    with pytest.raises(ValueError, match="retrieval.index / retrieval.index_search: faiss"):
+        recognise_knn(queries, database, labels, settings)
+
+
 def test_penalty_lowers_non_landmark_confidence() -> None:
     queries, database, labels = clusters(2)
     settings = dataclasses.replace(PLAIN, non_landmark_beta=2.0, non_landmark_top_m=1)

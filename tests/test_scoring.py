@@ -97,6 +97,20 @@ def test_knn_vote_tie_goes_to_first_rank() -> None:
     assert labels.tolist() == [4]
 
 
+def test_knn_vote_ignores_missing_neighbours() -> None:
+    # Row 0: the missing neighbour (-1) must not vote for the last label (9).
+    # Row 1: no neighbour at all gives class -1 and score -inf.
+    similarities = np.array([[0.8, 0.7, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    ids = np.array([[0, 1, -1], [-1, -1, -1]])
+    labels = np.array([5, 6, 9])
+
+    voted_labels, voted_scores = knn_vote(similarities, ids, labels, 3)
+
+    assert voted_labels.tolist() == [5, -1]
+    assert voted_scores[0] == pytest.approx(0.8)
+    assert voted_scores[1] == -np.inf
+
+
 def test_knn_vote_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="same"):
         knn_vote(np.zeros((2, 3)), np.zeros((2, 2), dtype=int), np.zeros(3), 1)
