@@ -58,17 +58,20 @@ def main() -> None:
     print()
     print(machine_description())
     print()
-    rows = [["dvc status", f"{min(status_seconds):.2f}", ""]]
+    rows = [["dvc status", f"{min(status_seconds):.2f}", f"{max(status_seconds):.2f}", ""]]
     if repro_seconds:
-        verdict = "met" if min(repro_seconds) < TARGET_SECONDS else "not met"
+        # Every run must meet the target, so the slowest one decides.
+        verdict = "met" if max(repro_seconds) < TARGET_SECONDS else "not met"
         rows.append(
             [
                 "dvc repro (no-op)",
                 f"{min(repro_seconds):.2f}",
+                f"{max(repro_seconds):.2f}",
                 f"< {TARGET_SECONDS:.0f} s: {verdict}",
             ]
         )
-    print(markdown_table(["command", f"seconds (best of {len(status_seconds)})", "target"], rows))
+    header = ["command", "fastest seconds", f"slowest of {len(status_seconds)}", "target"]
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
 `throughput` writes synthetic 500 x 375 JPEGs (the size of most GLDv2 photos) and
 compares, side by side, images per second of
-- the bare model's forward pass on preloaded tensors, contiguous and channels-last,
-- `glr.distributed.embed_paths` from JPEG files on disk to an .npy file, and
-- `glr.inference.map_images`, the pipeline's current loader, for reference,
+- the bare model's forward pass on preloaded tensors, contiguous and channels-last, and
+- `glr.inference.embed_images`, which the embed stage calls, from JPEG files on disk to
+  an .npy file, with the model contiguous and channels-last,
 all with the same batch size and torch threads. Target: end-to-end >= 0.85x bare model.
+`--model lite0` (default) is one EfficientNet-Lite0 at 128 px, the cheapest model and
+so the hardest case for the ratio; `--model descriptor --size 224` is the embed stage's
+default descriptor (trained Lite0 plus untrained Lite0 GeM, at 224 px).
 
-`memory` embeds 2,000 and 20,000 JPEGs, each size in its own subprocess, and compares
-their peak RSS. Target: peak RSS does not grow with the image count.
+`memory` embeds 2,000 and 20,000 JPEGs through `embed_images`, each size in its own
+subprocess, and compares their peak RSS. Target: peak RSS does not grow with the image
+count.
 
     GLIBC_TUNABLES=... python -m benchmarks.embedding throughput|memory [--quick]
 """
@@ -38,11 +42,11 @@ from benchmarks.common import (
     markdown_table,
     peak_rss_mib,
 )
-from glr.distributed import embed_paths
-from glr.inference import map_images
+from glr.descriptors import SearchDescriptor
+from glr.heads import LandmarkNet
+from glr.inference import embed_images
 from glr.models import LITE0, Backbone
 
-IMAGE_SIZE = 128
 PHOTO_SIZE = (500, 375)
 TARGET_RATIO = 0.85
 
@@ -76,8 +80,8 @@ def write_jpegs(folder: Path, count: int, workers: int) -> list[Path]:
 def cpu_seconds() -> float:
     """Return user + system CPU seconds of this process and its waited-for children.
 
-    DataLoader workers are children that the loader joins when an epoch ends, so their
-    CPU time counts once the loop is over.
+    Decoding threads count with the process. DataLoader worker processes (used only for
+    a GPU model) would count once the loader has joined them.
     """
     total = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
@@ -86,18 +90,26 @@ def cpu_seconds() -> float:
     return total
 
 
-def make_model() -> Backbone:
+def make_model(kind: str) -> tuple[torch.nn.Module, dict[str, object]]:
+    """Build the model to embed with and the config that `embed_images` reads."""
     torch.manual_seed(0)
-    return Backbone(LITE0, "none", "avg", 0).eval()
+    if kind == "lite0":
+        backbone = Backbone(LITE0, "none", "avg", 0).eval()
+        return backbone, {"image_size": 0, "mean": list(backbone.mean), "std": list(backbone.std)}
+    else:
+        # The embed stage's default: a margin-trained LandmarkNet (random weights here, same
+        # cost) beside the untrained ImageNet GeM descriptor, weight 0.3.
+        trained = LandmarkNet(LITE0, "none", pooling="gem", dim=512).eval()
+        model = SearchDescriptor(trained, {"backbone": LITE0}, 0.3).eval()
+        return model, {"image_size": 0, "mean": list(trained.mean), "std": list(trained.std)}
 
 
 def throughput(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    model = make_model()
-    mean, std = model.mean, model.std
-    # Enough images that the start of the DataLoader workers (about a second) weighs little.
-    count = 600 if args.quick else 4_000
-    batch = torch.randn(args.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE)
+    model, config = make_model(args.model)
+    # Enough images that fixed costs (the first batch of a new shape) weigh little.
+    count = args.count or (600 if args.quick else 4_000)
+    batch = torch.randn(args.batch_size, 3, args.size, args.size)
     batches = -(-count // args.batch_size)
 
     def bare(memory_format: torch.memory_format) -> None:
@@ -110,31 +122,19 @@ def throughput(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(Path(folder) / "images", count, args.workers)
         out = Path(folder) / "embeddings.npy"
-        options = dict(
-            image_size=IMAGE_SIZE,
-            mean=mean,
-            std=std,
-            batch_size=args.batch_size,
-            workers=args.workers,
-        )
 
         def end_to_end(channels_last: bool) -> None:
-            network = model.to(
-                memory_format=torch.channels_last if channels_last else torch.contiguous_format
-            )
-            embed_paths(
-                network,
+            embed_images(
+                model,
+                config,
                 paths,
-                dim=model.num_features,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                desc="embed_images",
+                image_size=args.size,
                 out=out,
                 channels_last=channels_last,
-                **options,
-            )  # type: ignore[arg-type]
-
-        def current() -> None:
-            model.to(memory_format=torch.contiguous_format)
-            embeddings = map_images(model, paths, desc="map_images", **options)  # type: ignore[arg-type]
-            np.save(out, embeddings)
+            )
 
         # A warm-up pass for each method, so that first-call costs are not timed.
         bare(torch.contiguous_format)
@@ -144,7 +144,6 @@ def throughput(args: argparse.Namespace) -> None:
             "bare_cl": lambda: bare(torch.channels_last),
             "e2e": lambda: end_to_end(False),
             "e2e_cl": lambda: end_to_end(True),
-            "current": current,
         }
         cpu = {name: float("inf") for name in methods}
 
@@ -159,16 +158,15 @@ def throughput(args: argparse.Namespace) -> None:
         seconds = best_of_alternating({name: with_cpu(name) for name in methods}, args.rounds)
 
     images = {"bare": batches * args.batch_size, "bare_cl": batches * args.batch_size}
-    images.update({"e2e": count, "e2e_cl": count, "current": count})
+    images.update({"e2e": count, "e2e_cl": count})
     rate = {name: images[name] / seconds[name] for name in methods}
     cpu_rate = {name: images[name] / cpu[name] for name in methods}
     # Each end-to-end run is compared with the bare model in the same memory format.
     labels = {
         "bare": ("bare model, contiguous", "bare"),
         "bare_cl": ("bare model, channels-last", "bare_cl"),
-        "e2e": ("embed_paths, contiguous", "bare"),
-        "e2e_cl": ("embed_paths, channels-last", "bare_cl"),
-        "current": ("map_images (current), contiguous", "bare"),
+        "e2e": ("embed_images, contiguous", "bare"),
+        "e2e_cl": ("embed_images, channels-last", "bare_cl"),
     }
     rows = [
         [
@@ -183,12 +181,15 @@ def throughput(args: argparse.Namespace) -> None:
     best_e2e = max(rate["e2e"], rate["e2e_cl"])
     best_bare = max(rate["bare"], rate["bare_cl"])
     print(
-        f"## Embedding throughput: {LITE0} at {IMAGE_SIZE} px, {count:,} JPEGs of "
+        f"## Embedding throughput: {args.model} at {args.size} px, {count:,} JPEGs of "
         f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}, batch {args.batch_size}"
     )
     print()
     print(machine_description(torch_threads=args.threads))
-    print(f"- DataLoader workers: {args.workers}; best of {args.rounds} alternating rounds")
+    print(
+        f"- decoding: {args.threads} threads between model batches (the model runs on the "
+        f"CPU); best of {args.rounds} alternating rounds"
+    )
     print()
     header = ["method", "images/s", "ratio", "images per CPU-second", "CPU ratio"]
     print(markdown_table(header, rows))
@@ -202,18 +203,17 @@ def throughput(args: argparse.Namespace) -> None:
 def measure_one(args: argparse.Namespace) -> None:
     """Embed the first `--count` JPEGs of `--images` to a file; print peak RSS as JSON."""
     torch.set_num_threads(args.threads)
-    model = make_model()
+    model, config = make_model(args.model)
     paths = sorted(Path(args.images).glob("*.jpg"))[: args.count]
     started = time.perf_counter()
-    embed_paths(
+    embed_images(
         model,
+        config,
         paths,
-        dim=model.num_features,
-        image_size=IMAGE_SIZE,
-        mean=model.mean,
-        std=model.std,
         batch_size=args.batch_size,
         workers=args.workers,
+        desc="embed_images",
+        image_size=args.size,
         out=Path(args.out),
     )
     seconds = time.perf_counter() - started
@@ -244,6 +244,10 @@ def memory(args: argparse.Namespace) -> None:
                 str(args.workers),
                 "--batch-size",
                 str(args.batch_size),
+                "--model",
+                args.model,
+                "--size",
+                str(args.size),
             ]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             results.append(json.loads(output.strip().splitlines()[-1]))
@@ -253,14 +257,13 @@ def memory(args: argparse.Namespace) -> None:
     ]
     growth = results[-1]["peak_rss_mib"] / results[0]["peak_rss_mib"]
     print(
-        f"## Embedding memory: {LITE0} at {IMAGE_SIZE} px, "
+        f"## Embedding memory: {args.model} at {args.size} px, "
         f"streamed to .npy, batch {args.batch_size}"
     )
     print()
     print(machine_description(torch_threads=args.threads))
     print(
-        f"- DataLoader workers: {args.workers}; peak RSS is the main process's VmHWM "
-        "(DataLoader workers are separate processes and not included)"
+        f"- decoding: {args.threads} threads between model batches; peak RSS is the process's VmHWM"
     )
     print()
     print(markdown_table(["images", "seconds", "peak RSS MiB"], rows))
@@ -276,12 +279,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers"
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes that write the JPEGs, and DataLoader workers for a GPU model",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    parser.add_argument(
+        "--model", choices=["lite0", "descriptor"], default="lite0", help="what to embed with"
+    )
+    parser.add_argument("--size", type=int, default=128, help="input size in pixels")
+    parser.add_argument("--count", type=int, help="images (throughput: default 4,000)")
     parser.add_argument("--rounds", type=int, default=2, help="timed runs of each method")
     parser.add_argument("--images", help="measure-one: JPEG folder")
-    parser.add_argument("--count", type=int, help="measure-one: images to embed")
     parser.add_argument("--out", help="measure-one: output .npy file")
     args = parser.parse_args()
     check_malloc_setting()

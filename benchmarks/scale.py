@@ -2,10 +2,13 @@
 
 Target at 1,000,000 index x 10,000 queries x 128-d: exact search runs in bounded memory,
 and an `index_factory` index reaches recall@100 >= 0.95 of exact search at >= 5x its
-speed. The synthetic embeddings are clustered (as landmark embeddings are), because
-isotropic Gaussian data has no neighbourhood structure for an IVF index to use.
+speed. Both go through `glr.index.DatabaseIndex`, as the retrieve stage does with
+`retrieval.index` ("Flat" or the factory string) and `retrieval.index_search` (the
+search setting swept here). The synthetic embeddings are clustered (as landmark
+embeddings are), because isotropic Gaussian data has no neighbourhood structure for an
+approximate index to use.
 
-    python -m benchmarks.scale [--quick] [--factory IVF1024,Flat]
+    python -m benchmarks.scale [--quick] [--factory IVF4096,Flat]
 """
 
 from __future__ import annotations
@@ -17,11 +20,24 @@ import time
 import numpy as np
 
 from benchmarks.common import machine_description, markdown_table, peak_rss_mib
-from glr.index import build_index, exact_search, recall_at_k, search_index, set_faiss_threads
+from glr.index import (
+    DEFAULT_DATABASE_BLOCK,
+    DEFAULT_QUERY_BLOCK,
+    EXACT,
+    DatabaseIndex,
+    recall_at_k,
+    set_faiss_threads,
+)
 
 MIN_RECALL = 0.95
 MIN_SPEEDUP = 5.0
-NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def search_settings(factory: str) -> list[str]:
+    """List the faiss ParameterSpace settings to sweep for `factory`, cheapest first."""
+    if factory.startswith("HNSW"):
+        return [f"efSearch={value}" for value in (16, 32, 64, 128, 256, 512)]
+    return [f"nprobe={value}" for value in (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)]
 
 
 def clustered(rows: int, centers: np.ndarray, spread: float, seed: int) -> np.ndarray:
@@ -39,11 +55,9 @@ def clustered(rows: int, centers: np.ndarray, spread: float, seed: int) -> np.nd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="200,000 x 2,000 instead")
-    parser.add_argument("--factory", default="IVF1024,Flat", help="faiss index_factory string")
+    parser.add_argument("--factory", default="IVF4096,Flat", help="faiss index_factory string")
     parser.add_argument("--k", type=int, default=100, help="neighbours per query")
     parser.add_argument("--train-size", type=int, default=65_536, help="rows to train the index")
-    parser.add_argument("--query-block", type=int, default=2_048, help="exact search query rows")
-    parser.add_argument("--database-block", type=int, default=262_144, help="exact search rows")
     parser.add_argument(
         "--spread", type=float, default=0.8, help="noise scale around unit-variance centres"
     )
@@ -60,23 +74,18 @@ def main() -> None:
     rss_before = peak_rss_mib()
 
     started = time.perf_counter()
-    _, exact_ids = exact_search(
-        database,
-        queries,
-        args.k,
-        query_block=args.query_block,
-        database_block=args.database_block,
-    )
+    exact = DatabaseIndex.build(database, EXACT)
+    _, exact_ids = exact.search(queries, args.k)
     exact_seconds = time.perf_counter() - started
     rss_after = peak_rss_mib()
 
     started = time.perf_counter()
-    index = build_index(database, args.factory, train_size=args.train_size, seed=0)
+    approximate = DatabaseIndex.build(database, args.factory, train_size=args.train_size)
     build_seconds = time.perf_counter() - started
 
     rows = [
         [
-            "exact (blocked IndexFlat)",
+            "exact (Flat, blocked)",
             f"{exact_seconds:.2f}",
             "1.00",
             "1.000",
@@ -84,15 +93,16 @@ def main() -> None:
         ]
     ]
     chosen = None
-    for nprobe in NPROBES:
+    for setting in search_settings(args.factory):
+        approximate.set_search_parameters(setting)
         started = time.perf_counter()
-        _, ids = search_index(index, queries, args.k, nprobe=nprobe)
+        _, ids = approximate.search(queries, args.k)
         seconds = time.perf_counter() - started
         recall = recall_at_k(ids, exact_ids, args.k)
         speedup = exact_seconds / seconds
         rows.append(
             [
-                f"{args.factory}, nprobe={nprobe}",
+                f"{args.factory}, {setting}",
                 f"{seconds:.2f}",
                 f"{speedup:.1f}",
                 f"{recall:.3f}",
@@ -100,8 +110,8 @@ def main() -> None:
             ]
         )
         if chosen is None and recall >= MIN_RECALL:
-            chosen = (nprobe, recall, speedup)
-        # Larger nprobe only gets slower; stop once the trade-off is clear.
+            chosen = (setting, recall, speedup)
+        # Larger settings only get slower; stop once the trade-off is clear.
         if recall > 0.995 or speedup < 1.0 or (chosen is not None and speedup < MIN_SPEEDUP):
             break
 
@@ -113,8 +123,9 @@ def main() -> None:
         f"train size {args.train_size:,}"
     )
     print(
-        f"- data {data_mib:.0f} MiB; exact search blocks: {args.query_block:,} queries x "
-        f"{args.database_block:,} rows; index build and training: {build_seconds:.1f} s"
+        f"- data {data_mib:.0f} MiB; exact search in blocks of {DEFAULT_QUERY_BLOCK:,} "
+        f"queries x {DEFAULT_DATABASE_BLOCK:,} rows; index build and training: "
+        f"{build_seconds:.1f} s"
     )
     print()
     print(
@@ -125,12 +136,12 @@ def main() -> None:
     )
     print()
     if chosen is None:
-        print(f"No nprobe reached recall {MIN_RECALL}.")
+        print(f"No setting reached recall {MIN_RECALL}.")
     else:
-        nprobe, recall, speedup = chosen
+        setting, recall, speedup = chosen
         verdict = "met" if speedup >= MIN_SPEEDUP else "not met"
         print(
-            f"Smallest nprobe with recall@{args.k} >= {MIN_RECALL}: {nprobe} "
+            f"Cheapest setting with recall@{args.k} >= {MIN_RECALL}: {setting} "
             f"(recall {recall:.3f}, {speedup:.1f}x exact; target >= {MIN_SPEEDUP}x: {verdict})"
         )
 

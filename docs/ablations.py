@@ -124,7 +124,9 @@ def render(rows: list[dict[str, object]]) -> str:
         'without the gate (`score@all`); "with gate" is `score@gated`. The baseline is '
         "untrained ImageNet features with 1-NN labels on the same rows, computed in the "
         "same run. The wall time is that of the row's `dvc exp run`, which re-runs only "
-        "the stages its change affects, on 2 CPU cores.",
+        "the stages its change affects, on 2 CPU cores. Training runs on the CPU, and "
+        "another CPU's float32 kernels train slightly different models, which can move "
+        "a score by a query or two.",
         "",
         "| experiment | change | "
         + " | ".join(title for title, _, _ in COLUMNS)
