@@ -11,19 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from glr.distributed import compute_device, embed_paths
-from glr.heads import embed_with
-from glr.images import (
-    DEFAULT_MAX_PIXELS,
-    ImageDataset,
-    ImageError,
-    SkipLog,
-    collate_images,
-    eval_transform,
+from glr.distributed import (
+    IndexedImages,
+    compute_device,
+    decoded_batches,
+    embed_paths,
+    normalise,
 )
+from glr.heads import embed_with
+from glr.images import DEFAULT_MAX_PIXELS, ImageError, SkipLog
 from glr.models import GateNet
 
 log = logging.getLogger(__name__)
@@ -57,24 +55,31 @@ def map_usable_images(
     """Apply `function` to every usable image in eval preprocessing; float32 outputs.
 
     Images that cannot be decoded (see `load_rgb`) are skipped and added to `skips`;
-    `kept` marks the paths that have an output row.
+    `kept` marks the paths that have an output row. Decoding runs as in `embed_paths`
+    (see `decoded_batches`), and the model runs on the CPU in this process.
     """
-    dataset = ImageDataset(
-        paths, [0.0] * len(paths), image_size, eval_transform(image_size, mean, std), max_pixels
-    )
-    loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_images
-    )
+    dataset = IndexedImages(paths, image_size, max_pixels)
+    batches = decoded_batches(dataset, range(len(paths)), batch_size, workers, torch.device("cpu"))
     started = time.perf_counter()
     outputs: list[np.ndarray] = []
     kept = np.zeros(len(paths), dtype=bool)
     with torch.no_grad():
-        for batch in tqdm(loader, desc=desc, leave=False):
+        for positions, images, reasons in tqdm(
+            batches, desc=desc, total=-(-len(paths) // batch_size), leave=False
+        ):
+            usable = torch.tensor([not reason for reason in reasons], dtype=torch.bool)
             if skips is not None:
-                skips.extend(batch.skipped)
-            if len(batch):
-                outputs.append(function(batch.tensors[0]).float().numpy())
-                kept[batch.indices] = True
+                skips.extend(
+                    [
+                        (str(paths[int(i)]), why)
+                        for i, why in zip(positions, reasons, strict=True)
+                        if why
+                    ]
+                )
+            if usable.any():
+                batch = normalise(images[usable], mean, std)
+                outputs.append(function(batch).float().numpy())
+                kept[positions[usable].numpy()] = True
     elapsed = time.perf_counter() - started
     log.info(
         "%s: %d images in %.1f s (%.1f images/s), %d skipped",
