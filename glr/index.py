@@ -263,47 +263,6 @@ def average_query_expansion(
     return expanded
 
 
-@dataclass
-class ExpandedSearch:
-    """Neighbours of the queries before and after average query expansion."""
-
-    distances: np.ndarray
-    ids: np.ndarray
-    expanded_queries: np.ndarray
-    expanded_distances: np.ndarray
-    expanded_ids: np.ndarray
-
-
-def search_with_expansion(
-    database: np.ndarray,
-    queries: np.ndarray,
-    k: int,
-    *,
-    query_block: int = DEFAULT_QUERY_BLOCK,
-    database_block: int = DEFAULT_DATABASE_BLOCK,
-    metric: Metric = "l2",
-) -> ExpandedSearch:
-    """Search, replace each query by the mean of its k neighbours, and search again."""
-    distances, ids = exact_search(
-        database,
-        queries,
-        k,
-        query_block=query_block,
-        database_block=database_block,
-        metric=metric,
-    )
-    expanded = average_query_expansion(queries, database, ids)
-    expanded_distances, expanded_ids = exact_search(
-        database,
-        expanded,
-        k,
-        query_block=query_block,
-        database_block=database_block,
-        metric=metric,
-    )
-    return ExpandedSearch(distances, ids, expanded, expanded_distances, expanded_ids)
-
-
 def build_index(
     database: np.ndarray,
     factory: str,

@@ -92,9 +92,10 @@ def label_by_threshold(
 class RetrievalResult:
     """Predictions for every query, with the neighbours before and after query expansion.
 
-    `expanded_queries` are the descriptors of the second search: the queries themselves
-    when query expansion is off. `queries` and `database` are the descriptors in the space
-    that was searched (after normalisation, whitening and augmentation, where used).
+    `expanded_queries` are the descriptors of the final search: without query expansion
+    they are the queries themselves and `expanded_neighbours` equals `neighbours`.
+    `queries` and `database` are the descriptors in the space that was searched (after
+    normalisation, whitening and augmentation, where used).
     """
 
     predictions: list[Prediction]
@@ -188,13 +189,15 @@ def recognise_knn(
         )
     except ValueError as error:
         raise ValueError(f"retrieval.index / retrieval.index_search: {error}") from error
-    _, neighbours = index.search(queries, settings.top_k)
-    expanded = queries
+    # Without query expansion the first search is the answer; with it, search again.
+    similarities, neighbours = index.search(queries, settings.top_k)
+    expanded, expanded_neighbours = queries, neighbours
     if settings.query_expansion == "average":
         expanded = l2_normalize(average_query_expansion(queries, database, neighbours))
     elif settings.query_expansion == "alpha":
         expanded = alpha_query_expansion(queries, database, settings.qe_n, settings.qe_alpha)
-    similarities, expanded_neighbours = index.search(expanded, settings.top_k)
+    if settings.query_expansion != "none":
+        similarities, expanded_neighbours = index.search(expanded, settings.top_k)
 
     predictions: list[Prediction] = [None] * len(queries)
     if similarities.shape[1] > 0:

@@ -8,7 +8,6 @@ import faiss
 import numpy as np
 import pytest
 
-import glr.retrieval
 from glr.index import (
     EXACT,
     MISSING_IP,
@@ -19,7 +18,6 @@ from glr.index import (
     exact_search,
     recall_at_k,
     search_index,
-    search_with_expansion,
     set_faiss_threads,
 )
 
@@ -256,18 +254,6 @@ def test_average_query_expansion_reads_float64_memmap(tmp_path: Path):
 
     np.testing.assert_allclose(expanded[0], (database[0] + database[1]) / 2, atol=1e-6)
     np.testing.assert_allclose(expanded[1], database[2], atol=1e-6)
-
-
-def test_search_with_expansion_searches_expanded_queries():
-    database = seeded(400, 8, 20)
-    queries = seeded(30, 8, 21)
-
-    result = search_with_expansion(database, queries, 5, query_block=7, database_block=100)
-
-    expected_expanded = glr.retrieval.average_query_expansion(queries, database, result.ids)
-    np.testing.assert_allclose(result.expanded_queries, expected_expanded, atol=1e-6)
-    _, expected_ids = glr.retrieval.search(database, result.expanded_queries, 5)
-    np.testing.assert_array_equal(result.expanded_ids, expected_ids)
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])

@@ -14,6 +14,7 @@ from glr.descriptors import SearchDescriptor
 from glr.evaluation import retrieval_metrics
 from glr.heads import LandmarkNet, create_margin_loss
 from glr.images import ImageDataset, eval_transform
+from glr.index import DatabaseIndex
 from glr.params import RetrievalParams
 from glr.retrieval import recognise_knn, write_submission
 from glr.training import train_margin
@@ -67,6 +68,31 @@ def test_knn_matches_reference() -> None:
     ):
         assert label == expected_label
         assert confidence == pytest.approx(expected_confidence, abs=1e-5)
+
+
+@pytest.mark.parametrize(("expansion", "passes"), [("none", 1), ("average", 2), ("alpha", 2)])
+def test_knn_searches_again_only_with_expansion(
+    monkeypatch: pytest.MonkeyPatch, expansion: str, passes: int
+) -> None:
+    queries, database, labels = clusters()
+    calls: list[int] = []
+    search = DatabaseIndex.search
+
+    def counting_search(self: DatabaseIndex, rows: np.ndarray, k: int):  # type: ignore[no-untyped-def]
+        calls.append(len(rows))
+        return search(self, rows, k)
+
+    monkeypatch.setattr(DatabaseIndex, "search", counting_search)
+    settings = dataclasses.replace(PLAIN, query_expansion=expansion)
+    result = recognise_knn(queries, database, labels, settings)
+
+    assert calls == [len(queries)] * passes
+    assert len(result.predictions) == len(queries)
+    if expansion == "none":
+        np.testing.assert_array_equal(result.expanded_neighbours, result.neighbours)
+        np.testing.assert_array_equal(result.expanded_queries, result.queries)
+    else:
+        assert not np.allclose(result.expanded_queries, result.queries)
 
 
 def test_knn_labels_clusters_with_every_option() -> None:
