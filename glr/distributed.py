@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,14 +181,18 @@ def distributed_loader(
     workers: int,
     shuffle: bool,
     seed: int = 0,
-    drop_last: bool = False,
+    epoch: int = 0,
+    even_shards: bool = False,
+    **loader_options: Any,
 ) -> DataLoader:
     """A DataLoader over this rank's shard of `dataset`, through a `DistributedSampler`.
 
-    Each rank gets every `world_size`-th sample (shuffled with `seed` when `shuffle`).
-    Unless `drop_last`, the sampler repeats a few samples so that every rank has the
-    same count, so results must be deduplicated by index (see `gather_in_order`). When
-    shuffling, call `loader.sampler.set_epoch(epoch)` before each epoch.
+    Each rank gets every `world_size`-th sample of the order, which is shuffled alike on
+    every rank from `seed` and `epoch` when `shuffle`. With `even_shards` the sampler
+    drops the last len(dataset) % world_size samples, so that every rank has as many
+    batches as the others (DDP needs each rank to take every step). Otherwise it repeats
+    a few samples to even out the shards, so results must be deduplicated by index (see
+    `gather_in_order`). `loader_options` go to the DataLoader (collate_fn, generator, ...).
     """
     sampler: DistributedSampler = DistributedSampler(
         dataset,
@@ -195,9 +200,12 @@ def distributed_loader(
         rank=rank(),
         shuffle=shuffle,
         seed=seed,
-        drop_last=drop_last,
+        drop_last=even_shards,
     )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
+    sampler.set_epoch(epoch)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, **loader_options
+    )
 
 
 def _all_counts(count: int) -> list[int]:

@@ -19,11 +19,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from glr.distributed import barrier, collective_device, is_main, rank, world_size, wrap_ddp
+from glr.distributed import (
+    barrier,
+    collective_device,
+    distributed_loader,
+    is_main,
+    rank,
+    world_size,
+    wrap_ddp,
+)
 from glr.heads import LandmarkNet
 from glr.images import Batch, ImageDataset, PairDataset, SkipLog, collate_images, collate_pairs
 from glr.io import atomic_path
@@ -201,25 +209,20 @@ def _training_device(module: nn.Module, sharded: bool) -> torch.device:
 def _sharded_loader(
     dataset: Dataset, *, batch_size: int, workers: int, seed: int, epoch: int, drop_last: bool
 ) -> DataLoader:
-    """Return a loader over this rank's shard of `dataset` for one epoch.
-
-    Every rank permutes the dataset alike (`seed` and `epoch`) and takes every
-    `world_size`-th image of the permutation, starting at its rank. The sampler drops
-    the last len(dataset) % world_size images of the permutation, so that every rank
-    has as many batches as the others, because DDP needs each rank to take every step.
-    """
-    sampler: DistributedSampler = DistributedSampler(
-        dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=True
-    )
-    sampler.set_epoch(epoch)
+    """Return a loader over this rank's shard of `dataset` for one epoch, in even shards."""
     # The generator seeds the workers, so random augmentations differ between ranks.
     worker_seed = np.random.SeedSequence([seed, epoch, rank()]).generate_state(1)[0]
-    return DataLoader(
+    # The sampler's size with even_shards.
+    shard_size = len(dataset) // world_size()  # type: ignore[arg-type]
+    return distributed_loader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
-        drop_last=drop_last and len(sampler) >= batch_size,
-        num_workers=workers,
+        workers=workers,
+        shuffle=True,
+        seed=seed,
+        epoch=epoch,
+        even_shards=True,
+        drop_last=drop_last and shard_size >= batch_size,
         generator=loader_generator(int(worker_seed)),
         collate_fn=collate_images,
     )
