@@ -189,7 +189,8 @@ def recognise_knn(
         )
     except ValueError as error:
         raise ValueError(f"retrieval.index / retrieval.index_search: {error}") from error
-    # Without query expansion the first search is the answer; with it, search again.
+    # Without query expansion the first search gives the final neighbours. With it, the
+    # expanded queries are searched again.
     similarities, neighbours = index.search(queries, settings.top_k)
     expanded, expanded_neighbours = queries, neighbours
     if settings.query_expansion == "average":
