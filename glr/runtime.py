@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,6 +75,23 @@ def start_stage(name: str, params_path: str = "params.yaml") -> Params:
     seed_everything(params.base.seed)
     configure_threads(params.base.threads)
     return params
+
+
+def training_arguments(description: str | None) -> argparse.Namespace:
+    """Parse the command-line paths that both training stages take."""
+    parser = argparse.ArgumentParser(description=description)
+    for name, help_text in [
+        ("--split", "split stage output folder"),
+        ("--images", "train image folder"),
+        ("--model", "output model file"),
+        ("--live", "dvclive folder"),
+        ("--metrics", "JSON metrics file"),
+        ("--figures", "folder for PNG figures"),
+        ("--checkpoint", "per-epoch checkpoint"),
+        ("--skipped", "CSV of skipped images"),
+    ]:
+        parser.add_argument(name, type=Path, required=True, help=help_text)
+    return parser.parse_args()
 
 
 def training_fingerprint(params: Params, section: object) -> dict[str, object]:

@@ -6,7 +6,6 @@ global batch). Rank 0 alone writes the model, figures, metrics and skip list.
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 from glr.data import image_path, read_csv_columns
 from glr.distributed import is_main, process_group
@@ -15,22 +14,13 @@ from glr.images import ImageDataset, SkipLog, eval_transform, train_transform
 from glr.io import write_json
 from glr.models import GateNet, count_parameters, keras_parameter_count, save_model
 from glr.params import Params
-from glr.runtime import resolve_workers, start_stage, training_fingerprint
+from glr.runtime import resolve_workers, start_stage, training_arguments, training_fingerprint
 from glr.tracking import EpochLogger
 from glr.training import Checkpointing, train_gate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--split", type=Path, required=True, help="split stage output folder")
-    parser.add_argument("--images", type=Path, required=True, help="train image folder")
-    parser.add_argument("--model", type=Path, required=True, help="output model file")
-    parser.add_argument("--live", type=Path, required=True, help="dvclive folder")
-    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
-    parser.add_argument("--figures", type=Path, required=True, help="folder for PNG figures")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="per-epoch checkpoint")
-    parser.add_argument("--skipped", type=Path, required=True, help="CSV of skipped images")
-    args = parser.parse_args()
+    args = training_arguments(__doc__)
     params = start_stage("train_gate")
     with process_group():
         run(args, params)

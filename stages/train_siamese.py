@@ -27,22 +27,13 @@ from glr.io import write_json
 from glr.models import SiameseNet, count_parameters, save_model
 from glr.pairs import example_triplets
 from glr.params import Params
-from glr.runtime import resolve_workers, start_stage, training_fingerprint
+from glr.runtime import resolve_workers, start_stage, training_arguments, training_fingerprint
 from glr.tracking import EpochLogger
 from glr.training import Checkpointing, train_margin, train_siamese
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--split", type=Path, required=True, help="split stage output folder")
-    parser.add_argument("--images", type=Path, required=True, help="train image folder")
-    parser.add_argument("--model", type=Path, required=True, help="output model file")
-    parser.add_argument("--live", type=Path, required=True, help="dvclive folder")
-    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
-    parser.add_argument("--figures", type=Path, required=True, help="folder for PNG figures")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="per-epoch checkpoint")
-    parser.add_argument("--skipped", type=Path, required=True, help="CSV of skipped images")
-    args = parser.parse_args()
+    args = training_arguments(__doc__)
     params = start_stage("train_siamese")
     with process_group():
         run(args, params)
