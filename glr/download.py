@@ -635,13 +635,23 @@ def _select_images(
     return images, len(skipped)
 
 
+def _extract(tar: tarfile.TarFile, folder: Path, members: list[tarfile.TarInfo]) -> None:
+    """Extract `members` into `folder` with tarfile's ``data`` filter where it exists."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(folder, members=members, filter="data")
+    else:
+        # Python before 3.11.4 has no extraction filters. `_select_images` has already
+        # rejected every absolute path, '..', link and device among the members.
+        tar.extractall(folder, members=members)
+
+
 def _extract_shard(archive: Path, label: str, destination: Path) -> tuple[list[str], int]:
     """Extract the images of a shard into `destination` and return their ids.
 
-    Extraction goes to a temporary folder beside `destination` with tarfile's
-    ``data`` filter, and the images are moved into place only after it succeeded,
-    so a failed shard leaves no images behind. Returns the ids and the number of
-    skipped members.
+    Extraction goes to a temporary folder beside `destination` (with tarfile's ``data``
+    filter where Python has it), and the images are moved into place only after it
+    succeeded, so a failed shard leaves no images behind. Returns the ids and the number
+    of skipped members.
     """
     destination.mkdir(parents=True, exist_ok=True)
     staging = Path(
@@ -651,14 +661,14 @@ def _extract_shard(archive: Path, label: str, destination: Path) -> tuple[list[s
         try:
             with tarfile.open(archive) as tar:
                 images, skipped = _select_images(tar.getmembers(), label)
-                tar.extractall(staging, members=[member for member, _ in images], filter="data")
-        except tarfile.FilterError as error:
-            name = error.tarinfo.name if error.tarinfo is not None else "?"
-            raise ArchiveError(
-                f"Unsafe member {name!r} in shard {label}: {error}. "
-                "Nothing from this shard was extracted."
-            ) from error
+                _extract(tar, staging, [member for member, _ in images])
         except tarfile.TarError as error:
+            if hasattr(tarfile, "FilterError") and isinstance(error, tarfile.FilterError):
+                name = error.tarinfo.name if error.tarinfo is not None else "?"
+                raise ArchiveError(
+                    f"Unsafe member {name!r} in shard {label}: {error}. "
+                    "Nothing from this shard was extracted."
+                ) from error
             raise ArchiveError(f"Cannot read shard {label} ({archive}): {error}") from error
 
         for member, _ in images:

@@ -316,10 +316,19 @@ def unsafe_member(kind: str) -> tarfile.TarInfo:
     return member
 
 
+@pytest.mark.parametrize("with_filter", [True, False], ids=["data-filter", "no-filter"])
 @pytest.mark.parametrize("kind", ["parent", "symlink", "absolute"])
 def test_unsafe_member_rejected(
-    tmp_path: Path, mirror_root: Path, server: MirrorServer, kind: str
+    tmp_path: Path,
+    mirror_root: Path,
+    server: MirrorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    with_filter: bool,
 ) -> None:
+    if not with_filter:
+        # As on Python before 3.11.4, which has no tarfile extraction filters.
+        monkeypatch.delattr(tarfile, "data_filter")
     member = unsafe_member(kind)
     with tarfile.open(mirror_root / "train" / "images_000.tar") as tar:
         first = next(item for item in tar.getmembers() if item.isfile())
@@ -415,6 +424,19 @@ def test_path_and_file_url_identical(
     url_tree = tree_digests(tmp_path / "out_url")
     assert len(path_tree) == len(METADATA_FILES) + 1 + TRAIN_IMAGES + TEST_IMAGES
     assert path_tree == url_tree
+
+
+def test_extraction_without_filter_identical(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    filtered = run_download(sample_dir, tmp_path, out_name="out_filter", cache_name="cache_filter")
+    monkeypatch.delattr(tarfile, "data_filter")
+    unfiltered = run_download(sample_dir, tmp_path, out_name="out_plain", cache_name="cache_plain")
+
+    assert filtered == unfiltered
+    filtered_tree = tree_digests(tmp_path / "out_filter")
+    assert len(filtered_tree) == len(METADATA_FILES) + 1 + TRAIN_IMAGES + TEST_IMAGES
+    assert filtered_tree == tree_digests(tmp_path / "out_plain")
 
 
 def test_unsupported_scheme_rejected() -> None:
