@@ -183,6 +183,7 @@ def distributed_loader(
     seed: int = 0,
     epoch: int = 0,
     even_shards: bool = False,
+    drop_last: bool = False,
     **loader_options: Any,
 ) -> DataLoader:
     """A DataLoader over this rank's shard of `dataset`, through a `DistributedSampler`.
@@ -192,7 +193,9 @@ def distributed_loader(
     drops the last len(dataset) % world_size samples, so that every rank has as many
     batches as the others (DDP needs each rank to take every step). Otherwise it repeats
     a few samples to even out the shards, so results must be deduplicated by index (see
-    `gather_in_order`). `loader_options` go to the DataLoader (collate_fn, generator, ...).
+    `gather_in_order`). With `drop_last` the loader drops an incomplete last batch unless
+    it is the shard's only batch. `loader_options` go to the DataLoader (collate_fn,
+    generator, ...).
     """
     sampler: DistributedSampler = DistributedSampler(
         dataset,
@@ -204,7 +207,12 @@ def distributed_loader(
     )
     sampler.set_epoch(epoch)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, **loader_options
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last and len(sampler) >= batch_size,
+        **loader_options,
     )
 
 

@@ -212,8 +212,6 @@ def _sharded_loader(
     """Return a loader over this rank's shard of `dataset` for one epoch, in even shards."""
     # The generator seeds the workers, so random augmentations differ between ranks.
     worker_seed = np.random.SeedSequence([seed, epoch, rank()]).generate_state(1)[0]
-    # The sampler's size with even_shards.
-    shard_size = len(dataset) // world_size()  # type: ignore[arg-type]
     return distributed_loader(
         dataset,
         batch_size=batch_size,
@@ -222,7 +220,7 @@ def _sharded_loader(
         seed=seed,
         epoch=epoch,
         even_shards=True,
-        drop_last=drop_last and shard_size >= batch_size,
+        drop_last=drop_last,
         generator=loader_generator(int(worker_seed)),
         collate_fn=collate_images,
     )
