@@ -25,10 +25,10 @@ from glr.pooling import l2_normalize
 
 REFERENCE_SECONDS = 7975.0
 TARGET_RATIO = 1.5
-# Tilings of the floor's products, as (queries, index rows) per product: 4,096 queries
-# against the whole index (768 MiB of float32 output at full size), and blocks of
-# 2,048 x 4,096 (32 MiB), which were about 20 % faster on the benchmark machine.
-# The faster one counts.
+# Tilings of the floor's products, as (queries, index rows) per product. The first is
+# 4,096 queries against the whole index (768 MiB of float32 output at full size). The
+# second is blocks of 2,048 x 4,096 (32 MiB), about 20 % faster on the benchmark
+# machine. The faster one counts.
 FLOOR_TILES = ((4096, None), (2048, 4096))
 
 
